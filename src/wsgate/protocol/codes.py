@@ -1,0 +1,116 @@
+"""The close and error code catalogue.
+
+Close codes (WebSocket close frames, RFC 6455 section 7.4) fall in three ranges
+that a client's reconnect policy reads:
+
+============  ===========  ======================================================
+range         class        client behaviour
+============  ===========  ======================================================
+1000-2999     standard     1000 = done; 1001/1006/1011/1012/1013/1014 reconnect;
+                           other standard codes are terminal
+4000-4099     reconnect    transient: reconnect with backoff (and jitter)
+4100-4499     terminal     do not reconnect until something changes (token, code)
+4500-4999     application  chosen by backends in ``disconnect(code=...)``;
+                           the client SDK does not reconnect by default
+============  ===========  ======================================================
+
+Error codes travel inside ``error`` frames (answers to a client's message) and
+never close the connection by themselves.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, StrEnum
+
+__all__ = ["CloseCode", "ErrorCode", "is_application", "is_reconnectable", "is_terminal"]
+
+
+class CloseCode(IntEnum):
+    """Every close code the server sends."""
+
+    # -- standard (RFC 6455) -------------------------------------------------------
+    NORMAL = 1000
+    """The client or server finished cleanly."""
+    GOING_AWAY = 1001
+    """Standard 'going away'; treated as reconnectable."""
+    INTERNAL_ERROR = 1011
+    """An unexpected server error; reconnectable."""
+
+    # -- 4000-4099: reconnect ----------------------------------------------------
+    SLOW_CONSUMER = 4000
+    """The client did not read fast enough; its outbound queue overflowed."""
+    SHUTDOWN = 4001
+    """The node is shutting down or restarting; reconnect (to another node)."""
+    KEEPALIVE_TIMEOUT = 4002
+    """No pong (or any frame) arrived within the pong timeout."""
+    TOKEN_EXPIRED = 4003
+    """The token expired on a live connection; reconnect with a fresh token."""
+    RATE_LIMITED = 4004
+    """The client sent messages faster than its rate limit allows."""
+    AUTH_TIMEOUT = 4005
+    """No ``auth`` message arrived within the handshake timeout."""
+    TRY_AGAIN_LATER = 4006
+    """The node is at its connection limit or temporarily unable to serve."""
+
+    # -- 4100-4499: terminal -------------------------------------------------------
+    AUTH_FAILED = 4100
+    """The credentials were missing, malformed, badly signed or rejected."""
+    FORBIDDEN = 4101
+    """Authenticated, but the connection asked for something it may not have
+    (e.g. a connection id its token does not allow)."""
+    PROTOCOL_ERROR = 4102
+    """A frame did not decode to a message (bad JSON/MessagePack, not an object,
+    wrong frame type for the negotiated encoding)."""
+    MESSAGE_TOO_BIG = 4103
+    """A message exceeded the configured maximum size."""
+    TAKEN_OVER = 4104
+    """A newer connection claimed the same connection id."""
+    DISCONNECTED = 4105
+    """A backend disconnected this connection without giving a code."""
+
+
+class ErrorCode(StrEnum):
+    """Codes carried by ``error`` frames, answering one client message."""
+
+    BAD_REQUEST = "bad_request"
+    """The message has a known op but invalid fields."""
+    UNKNOWN_OP = "unknown_op"
+    """The op is not part of this protocol version."""
+    PERMISSION_DENIED = "permission_denied"
+    """The token does not grant this topic or method."""
+    INVALID_TOPIC = "invalid_topic"
+    """The topic or pattern is not well formed."""
+    TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
+    """The per-connection subscription cap is reached."""
+    NOT_SUBSCRIBED = "not_subscribed"
+    """Unsubscribe from a pattern the connection does not hold."""
+    UNKNOWN_METHOD = "unknown_method"
+    """No handler or worker serves this method."""
+    METHOD_ERROR = "method_error"
+    """The handler raised; ``message`` says what it chose to say."""
+    TIMEOUT = "timeout"
+    """The handler did not answer within the call timeout."""
+    ALREADY_AUTHENTICATED = "already_authenticated"
+    """An ``auth`` message arrived on an authenticated connection."""
+    INTERNAL = "internal"
+    """An unexpected server error while handling this message."""
+
+
+_RECONNECT_STANDARD = frozenset({1001, 1006, 1011, 1012, 1013, 1014})
+
+
+def is_reconnectable(code: int) -> bool:
+    """True when a client should reconnect (with backoff) after this close code."""
+    return code in _RECONNECT_STANDARD or 4000 <= code <= 4099
+
+
+def is_terminal(code: int) -> bool:
+    """True when reconnecting with the same credentials and request is pointless."""
+    return 4100 <= code <= 4499 or (
+        1002 <= code <= 2999 and code not in _RECONNECT_STANDARD
+    )
+
+
+def is_application(code: int) -> bool:
+    """True for codes reserved to backends (``disconnect(code=...)``)."""
+    return 4500 <= code <= 4999
