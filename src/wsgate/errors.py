@@ -11,6 +11,7 @@ Subclasses say who is at fault::
     │   ├── InvalidMessage       a message with a known op but bad fields
     │   └── UnknownOp            a well-formed message whose op we do not know
     ├── AuthError                credentials missing, invalid, expired or not allowed
+    │   ├── TokenExpired         the token's ``exp`` has passed
     │   └── PermissionDenied     authenticated, but this action is not granted
     ├── DeliveryError            a backend verb could not be completed
     │   ├── NotConnected         no live connection has that id
@@ -42,6 +43,7 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "RequestTimeout",
+    "TokenExpired",
     "UnknownOp",
     "WsgateError",
 ]
@@ -94,6 +96,10 @@ class UnknownOp(ProtocolError):
 
 class AuthError(WsgateError):
     """Authentication failed. The message is safe to log; it never holds the credential."""
+
+
+class TokenExpired(AuthError):
+    """The token has expired (at the door, or later on a live connection)."""
 
 
 class PermissionDenied(AuthError):

@@ -33,6 +33,10 @@ class CloseCode(IntEnum):
     """The client or server finished cleanly."""
     GOING_AWAY = 1001
     """Standard 'going away'; treated as reconnectable."""
+    FRAMING_ERROR = 1002
+    """The WebSocket framing itself was invalid (RFC 6455 protocol error)."""
+    MESSAGE_TOO_BIG = 1009
+    """A message exceeded the configured maximum size (RFC 6455 'message too big')."""
     INTERNAL_ERROR = 1011
     """An unexpected server error; reconnectable."""
 
@@ -59,13 +63,10 @@ class CloseCode(IntEnum):
     """Authenticated, but the connection asked for something it may not have
     (e.g. a connection id its token does not allow)."""
     PROTOCOL_ERROR = 4102
-    """A frame did not decode to a message (bad JSON/MessagePack, not an object,
-    wrong frame type for the negotiated encoding)."""
-    MESSAGE_TOO_BIG = 4103
-    """A message exceeded the configured maximum size."""
-    TAKEN_OVER = 4104
+    """A frame did not decode to a message (bad JSON/MessagePack, not a map)."""
+    TAKEN_OVER = 4103
     """A newer connection claimed the same connection id."""
-    DISCONNECTED = 4105
+    DISCONNECTED = 4104
     """A backend disconnected this connection without giving a code."""
 
 
@@ -90,6 +91,8 @@ class ErrorCode(StrEnum):
     """The handler raised; ``message`` says what it chose to say."""
     TIMEOUT = "timeout"
     """The handler did not answer within the call timeout."""
+    TOO_MANY_CALLS = "too_many_calls"
+    """The connection already has ``max_inflight_calls`` calls awaiting answers."""
     ALREADY_AUTHENTICATED = "already_authenticated"
     """An ``auth`` message arrived on an authenticated connection."""
     INTERNAL = "internal"

@@ -1,0 +1,622 @@
+"""The node: composition root of one gateway process.
+
+A :class:`Node` owns the :class:`~wsgate.hub.Hub` (this node's connections),
+the broker (how nodes reach each other) and the authenticator. It offers the
+backend verbs (``publish``, ``send``, ``send_to_user``, ``broadcast``,
+``request``, ``disconnect``, ``connection_info``, ``presence``, ``stats``) and
+serves client messages handed over by the server layer.
+
+The node never touches sockets: a connection is anything implementing
+:class:`~wsgate.hub.ClientConnection`. Fan-out encodes a message once per
+encoding and queues the same bytes on every connection (``deliver`` never
+blocks), so one slow client never delays the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from wsgate import topics
+from wsgate.auth import (
+    AnonymousAuthenticator,
+    Authenticator,
+    AuthRequest,
+    ChainAuthenticator,
+    Identity,
+    JWTAuthenticator,
+)
+from wsgate.broker import Broker, create_broker
+from wsgate.config import Config, load_config
+from wsgate.errors import (
+    ConfigError,
+    ConnectionLost,
+    InvalidState,
+    InvalidTopic,
+    NotConnected,
+    RemoteError,
+    RequestTimeout,
+)
+from wsgate.hub import ClientConnection, ConnectionInfo, Hub
+from wsgate.metrics import Metrics
+from wsgate.protocol.codes import CloseCode, ErrorCode
+from wsgate.protocol.messages import (
+    Call,
+    ClientMessage,
+    Error,
+    Ok,
+    Ping,
+    Pong,
+    Pub,
+    Push,
+    Reply,
+    Req,
+    Sub,
+    Unsub,
+    Welcome,
+    payload_fields,
+    payload_of,
+)
+from wsgate.publication import Encoded, Publication
+
+__all__ = ["CallContext", "MethodHandler", "Node"]
+
+log = logging.getLogger("wsgate.node")
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """One client ``call`` as seen by its handler.
+
+    Attributes:
+        method: the called method name.
+        data: the payload (bytes when the client sent ``bin``).
+        connection_id: the calling connection.
+        user: its user (None for anonymous connections).
+        identity: its full identity (grants, meta).
+    """
+
+    method: str
+    data: Any
+    connection_id: str
+    user: str | None
+    identity: Identity
+
+
+MethodHandler = Callable[[CallContext], Awaitable[Any]]
+
+
+def build_authenticator(config: Config) -> Authenticator:
+    """The authenticator a configuration asks for.
+
+    Raises:
+        ConfigError: no secret, no key and no anonymous access: nobody could connect.
+    """
+    auth = config.auth
+    chain: list[Authenticator] = []
+    if auth.jwt_secret or auth.jwt_public_key:
+        public_key = auth.jwt_public_key
+        if public_key and public_key.startswith("@"):
+            try:
+                with open(public_key[1:], encoding="utf-8") as fh:
+                    public_key = fh.read()
+            except OSError as exc:
+                raise ConfigError(f"cannot read jwt_public_key file: {exc}") from exc
+        algorithms = auth.jwt_algorithms or (("HS256",) if auth.jwt_secret else ("RS256", "ES256"))
+        chain.append(
+            JWTAuthenticator(
+                secret=auth.jwt_secret,
+                public_key=public_key,
+                algorithms=algorithms,
+                audience=auth.jwt_audience,
+                issuer=auth.jwt_issuer,
+            )
+        )
+    if auth.anonymous:
+        chain.append(
+            AnonymousAuthenticator(
+                subscribe=auth.anonymous_subscribe,
+                publish=auth.anonymous_publish,
+                call=auth.anonymous_call,
+            )
+        )
+    if not chain:
+        raise ConfigError(
+            "no authentication configured: set WSGATE_JWT_SECRET (or auth.jwt_secret), "
+            "a public key, or allow anonymous access explicitly (--anonymous)"
+        )
+    return chain[0] if len(chain) == 1 else ChainAuthenticator(*chain)
+
+
+class Node:
+    """One gateway node.
+
+    Args:
+        config: the configuration (defaults to :func:`~wsgate.config.load_config`).
+        authenticator: overrides the one built from ``config.auth``.
+        broker: overrides the one built from ``config.broker``.
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        authenticator: Authenticator | None = None,
+        broker: Broker | None = None,
+    ) -> None:
+        self.config = config if config is not None else load_config()
+        self.id = self.config.node_id
+        self.authenticator = (
+            authenticator if authenticator is not None else build_authenticator(self.config)
+        )
+        self.broker = (
+            broker
+            if broker is not None
+            else create_broker(self.config.broker.broker, prefix=self.config.broker.prefix)
+        )
+        self.hub = Hub(self.id)
+        self.metrics = Metrics()
+        self.metrics.add_gauge("connections", lambda: len(self.hub))
+        self.metrics.add_gauge("users", lambda: self.hub.users())
+        self.metrics.add_gauge("patterns", lambda: len(self.hub.patterns()))
+        self.metrics.add_gauge("requests_in_flight", lambda: len(self._requests))
+        self._methods: dict[str, MethodHandler] = {}
+        self._requests: dict[int, tuple[ClientConnection, asyncio.Future[Any]]] = {}
+        self._request_ids = itertools.count(1)
+        self._subscribing: dict[str, asyncio.Future[None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._started = False
+        self._closing = False
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect the broker; idempotent."""
+        if self._started:
+            return
+        await self.broker.start(self.id, self)
+        self._started = True
+
+    async def stop(self) -> None:
+        """Close every connection (``4001 SHUTDOWN``), fail pending work, close the broker."""
+        if self._closing:
+            return
+        self._closing = True
+        for conn in self.hub:
+            conn.close(CloseCode.SHUTDOWN, "node shutting down")
+        for conn, future in list(self._requests.values()):
+            if not future.done():
+                future.set_exception(ConnectionLost(conn.id))
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.broker.close()
+        self._started = False
+
+    async def __aenter__(self) -> Node:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def closing(self) -> bool:
+        """True once :meth:`stop` has begun."""
+        return self._closing
+
+    # -- backend verbs ----------------------------------------------------------------
+
+    async def publish(self, topic: str, data: Any) -> None:
+        """Publish to every subscriber of ``topic``, wildcard subscriptions included.
+
+        At most once: subscribers that are not connected now do not get it later.
+
+        Raises:
+            InvalidTopic: ``topic`` is not a concrete, well-formed topic.
+            TypeError: ``data`` cannot be encoded.
+        """
+        topics.validate_topic(topic)
+        publication = Publication(topic, data)
+        publication.frame(self._default_codec)  # fail here, not in the middle of fan-out
+        self.metrics.publications += 1
+        await self.broker.publish(publication)
+
+    async def send(self, connection_id: str, data: Any) -> bool:
+        """Send ``data`` to one connection; True when it was queued to a live connection."""
+        conn = self.hub.get(connection_id)
+        if conn is None:
+            return False
+        encoded = Encoded(Push(*payload_fields(data)))
+        return self._deliver(conn, encoded)
+
+    async def send_to_user(self, user: str, data: Any) -> int:
+        """Send ``data`` to every connection of ``user``; returns how many were reached."""
+        encoded = Encoded(Push(*payload_fields(data)))
+        return sum(self._deliver(conn, encoded) for conn in self.hub.of_user(user))
+
+    async def broadcast(self, data: Any) -> None:
+        """Send ``data`` to every connection of the gateway."""
+        Encoded(Push(*payload_fields(data))).frame(self._default_codec)  # validate early
+        await self.broker.broadcast(data)
+
+    async def request(self, connection_id: str, data: Any, timeout: float | None = None) -> Any:
+        """Send a request to one connection and await its reply.
+
+        Many requests may be in flight per connection; each reply is matched by
+        its id, and a reply arriving after its request ended is dropped.
+
+        Returns:
+            The reply payload (bytes when the client replied with ``bin``).
+
+        Raises:
+            NotConnected: no live connection has this id.
+            RequestTimeout: no reply within ``timeout`` (default ``request_timeout``).
+            RemoteError: the client replied with an error.
+            ConnectionLost: the connection closed before replying.
+        """
+        conn = self.hub.get(connection_id)
+        if conn is None:
+            raise NotConnected(connection_id)
+        timeout = self.config.limits.request_timeout if timeout is None else timeout
+        request_id = next(self._request_ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._requests[request_id] = (conn, future)
+        conn.pending_requests.add(request_id)
+        try:
+            frame = conn.codec.encode(Req(request_id, *payload_fields(data)))
+            self.metrics.requests_sent += 1
+            conn.deliver(frame)
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            self.metrics.request_timeouts += 1
+            raise RequestTimeout(connection_id, timeout) from None
+        finally:
+            self._requests.pop(request_id, None)
+            conn.pending_requests.discard(request_id)
+
+    async def disconnect(
+        self, connection_id: str, code: int = CloseCode.DISCONNECTED, reason: str = ""
+    ) -> bool:
+        """Close one connection; True when it was connected.
+
+        Args:
+            code: a close code; backends should use 4500-4999 for their own reasons.
+            reason: shown to the client (at most 120 characters are sent).
+        """
+        conn = self.hub.get(connection_id)
+        if conn is None:
+            return False
+        conn.close(code, reason[:120])
+        return True
+
+    async def connection_info(self, connection_id: str) -> ConnectionInfo | None:
+        """What is known about a connection, or None when it is not connected."""
+        conn = self.hub.get(connection_id)
+        return None if conn is None else self.hub.info(conn)
+
+    async def presence(self, topic: str) -> list[ConnectionInfo]:
+        """Every connection that would receive a publication on ``topic``."""
+        topics.validate_topic(topic)
+        return [self.hub.info(conn) for conn in self.hub.subscribers(topic)]
+
+    async def stats(self) -> dict[str, Any]:
+        """Counters and gauges of this node."""
+        return {"node": self.id, **self.metrics.snapshot()}
+
+    # -- client methods ---------------------------------------------------------------
+
+    def method(self, name: str) -> Callable[[MethodHandler], MethodHandler]:
+        """Decorator registering an in-process handler for client ``call``s of ``name``."""
+
+        def register(handler: MethodHandler) -> MethodHandler:
+            self.register_method(name, handler)
+            return handler
+
+        return register
+
+    def register_method(self, name: str, handler: MethodHandler) -> None:
+        """Register ``handler`` for ``call``s of ``name``.
+
+        Raises:
+            InvalidTopic: the name is not a well-formed dotted name.
+            InvalidState: a handler is already registered under that name.
+        """
+        topics.validate_topic(name)
+        if name in self._methods:
+            raise InvalidState(f"method {name!r} already has a handler")
+        self._methods[name] = handler
+
+    # -- broker events ----------------------------------------------------------------
+
+    def on_publication(self, publication: Publication) -> None:
+        """Fan a publication out to this node's subscribers (called by the broker)."""
+        delivered = 0
+        for conn in self.hub.subscribers(publication.topic):
+            try:
+                frame = publication.frame(conn.codec)
+            except TypeError:
+                self.metrics.encode_errors += 1
+                continue
+            conn.deliver(frame)
+            delivered += 1
+        self.metrics.messages_delivered += delivered
+
+    def on_broadcast(self, payload: Any) -> None:
+        """Send a broadcast to every connection of this node (called by the broker)."""
+        encoded = Encoded(Push(*payload_fields(payload)))
+        for conn in self.hub:
+            self._deliver(conn, encoded)
+
+    # -- connections (called by the server layer) -------------------------------------
+
+    async def authenticate(self, request: AuthRequest) -> Identity:
+        """Authenticate a connection attempt (raises AuthError)."""
+        return await self.authenticator.authenticate(request)
+
+    def attach(self, conn: ClientConnection) -> None:
+        """Register an authenticated connection and greet it.
+
+        Takes over any older connection with the same id (which is closed with
+        ``4104 TAKEN_OVER``), makes the identity's default subscriptions, and
+        queues ``welcome``.
+        """
+        previous = self.hub.add(conn)
+        if previous is not None:
+            self.metrics.takeovers += 1
+            log.info("connection %s taken over by a newer connection", conn.id)
+            # The old one's cleanup only removes its own entries (compare-and-delete).
+            self._forget(previous)
+            previous.close(CloseCode.TAKEN_OVER, "taken over by a newer connection")
+        self.metrics.connections_accepted += 1
+        for pattern in conn.identity.channels:
+            self._subscribe_local(conn, pattern)
+        conn.deliver(
+            conn.codec.encode(
+                Welcome(
+                    cid=conn.id,
+                    node=self.id,
+                    user=conn.user,
+                    subs=tuple(sorted(conn.subscriptions)),
+                    ping_interval=self.config.keepalive.ping_interval,
+                )
+            )
+        )
+
+    def detach(self, conn: ClientConnection) -> None:
+        """Forget a connection that closed; fail its in-flight requests."""
+        self._forget(conn)
+
+    def new_connection_id(self) -> str:
+        """A fresh server-assigned connection id (unguessable, unique across nodes)."""
+        return secrets.token_urlsafe(12)
+
+    def handle(self, conn: ClientConnection, message: ClientMessage) -> None:
+        """Act on one valid message from an authenticated client."""
+        self.metrics.messages_received += 1
+        if isinstance(message, Reply):
+            self._on_reply(conn, message)
+        elif isinstance(message, Sub):
+            self._on_sub(conn, message)
+        elif isinstance(message, Unsub):
+            self._on_unsub(conn, message)
+        elif isinstance(message, Pub):
+            self._on_pub(conn, message)
+        elif isinstance(message, Call):
+            self._on_call(conn, message)
+        elif isinstance(message, Ping):
+            conn.deliver(conn.codec.encode(Pong(id=message.id)))
+
+    # -- internals --------------------------------------------------------------------
+
+    @property
+    def _default_codec(self) -> Any:
+        from wsgate.protocol.codec import DEFAULT_CODEC  # noqa: PLC0415
+
+        return DEFAULT_CODEC
+
+    def _deliver(self, conn: ClientConnection, encoded: Encoded) -> bool:
+        try:
+            frame = encoded.frame(conn.codec)
+        except TypeError:
+            self.metrics.encode_errors += 1
+            return False
+        conn.deliver(frame)
+        self.metrics.messages_delivered += 1
+        return True
+
+    def _forget(self, conn: ClientConnection) -> None:
+        for pattern in self.hub.remove(conn):
+            self._spawn(self._broker_unsubscribe(pattern))
+        for request_id in list(conn.pending_requests):
+            entry = self._requests.get(request_id)
+            if entry is not None and not entry[1].done():
+                entry[1].set_exception(ConnectionLost(conn.id))
+        conn.pending_requests.clear()
+
+    def _spawn(self, coro: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    def _error(self, conn: ClientConnection, request_id: int | None, code: str, msg: str) -> None:
+        conn.deliver(conn.codec.encode(Error(code=code, message=msg, id=request_id)))
+
+    def _ok(self, conn: ClientConnection, request_id: int | None, data: Any = None) -> None:
+        if request_id is None:
+            return
+        try:
+            frame = conn.codec.encode(Ok(request_id, *payload_fields(data)))
+        except TypeError:
+            self.metrics.encode_errors += 1
+            self._error(conn, request_id, ErrorCode.INTERNAL, "result cannot be encoded")
+            return
+        conn.deliver(frame)
+
+    def _on_reply(self, conn: ClientConnection, message: Reply) -> None:
+        entry = self._requests.get(message.id)
+        if entry is None or entry[0] is not conn or entry[1].done():
+            # Late, duplicate or foreign: never hand it to another caller.
+            self.metrics.late_replies += 1
+            return
+        future = entry[1]
+        if message.error is not None:
+            err = message.error
+            future.set_exception(RemoteError(err.code, err.message, err.data))
+        else:
+            future.set_result(payload_of(message))
+
+    def _check_pattern(self, conn: ClientConnection, request_id: int, pattern: str) -> bool:
+        try:
+            topics.validate_pattern(pattern)
+        except InvalidTopic as exc:
+            self._error(conn, request_id, ErrorCode.INVALID_TOPIC, str(exc))
+            return False
+        return True
+
+    def _on_sub(self, conn: ClientConnection, message: Sub) -> None:
+        pattern = message.topic
+        if not self._check_pattern(conn, message.id, pattern):
+            return
+        if not conn.identity.can_subscribe(pattern):
+            self._error(conn, message.id, ErrorCode.PERMISSION_DENIED, f"may not subscribe to {pattern}")
+            return
+        if pattern in conn.subscriptions:
+            self._ok(conn, message.id)
+            return
+        if len(conn.subscriptions) >= self.config.limits.max_subscriptions:
+            self._error(
+                conn,
+                message.id,
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                f"at most {self.config.limits.max_subscriptions} subscriptions",
+            )
+            return
+        pending = self._subscribe_local(conn, pattern)
+        if pending is None:
+            self._ok(conn, message.id)
+        else:
+            self._spawn(self._ack_when_subscribed(conn, message.id, pattern, pending))
+
+    def _subscribe_local(self, conn: ClientConnection, pattern: str) -> asyncio.Future[None] | None:
+        """Subscribe in the hub; return a future while the broker subscription is pending."""
+        if self.hub.subscribe(conn, pattern):
+            future = asyncio.ensure_future(self.broker.subscribe(pattern))
+            if future.done() and future.exception() is None:
+                return None
+            self._subscribing[pattern] = future
+            future.add_done_callback(lambda _f: self._subscribing.pop(pattern, None))
+            return future
+        return self._subscribing.get(pattern)
+
+    async def _ack_when_subscribed(
+        self, conn: ClientConnection, request_id: int, pattern: str, pending: asyncio.Future[None]
+    ) -> None:
+        try:
+            await asyncio.shield(pending)
+        except Exception:
+            log.exception("broker subscription to %s failed", pattern)
+            if self.hub.unsubscribe(conn, pattern):
+                self._spawn(self._broker_unsubscribe(pattern))
+            self._error(conn, request_id, ErrorCode.INTERNAL, "subscription failed, retry later")
+            return
+        self._ok(conn, request_id)
+
+    async def _broker_unsubscribe(self, pattern: str) -> None:
+        pending = self._subscribing.get(pattern)
+        if pending is not None:
+            await asyncio.gather(pending, return_exceptions=True)
+        if pattern not in self.hub.patterns():
+            await self.broker.unsubscribe(pattern)
+
+    def _on_unsub(self, conn: ClientConnection, message: Unsub) -> None:
+        if message.topic not in conn.subscriptions:
+            self._error(conn, message.id, ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {message.topic}")
+            return
+        if self.hub.unsubscribe(conn, message.topic):
+            self._spawn(self._broker_unsubscribe(message.topic))
+        self._ok(conn, message.id)
+
+    def _on_pub(self, conn: ClientConnection, message: Pub) -> None:
+        try:
+            topics.validate_topic(message.topic)
+        except InvalidTopic as exc:
+            self._error(conn, message.id, ErrorCode.INVALID_TOPIC, str(exc))
+            return
+        if not conn.identity.can_publish(message.topic):
+            self._error(conn, message.id, ErrorCode.PERMISSION_DENIED, f"may not publish to {message.topic}")
+            return
+        self._spawn(self._publish_for(conn, message))
+
+    async def _publish_for(self, conn: ClientConnection, message: Pub) -> None:
+        try:
+            await self.publish(message.topic, payload_of(message))
+        except Exception:
+            log.exception("client publication to %s failed", message.topic)
+            self._error(conn, message.id, ErrorCode.INTERNAL, "publication failed")
+            return
+        self._ok(conn, message.id)
+
+    def _on_call(self, conn: ClientConnection, message: Call) -> None:
+        self.metrics.calls += 1
+        if not conn.identity.can_call(message.method):
+            self.metrics.call_errors += 1
+            self._error(conn, message.id, ErrorCode.PERMISSION_DENIED, f"may not call {message.method}")
+            return
+        handler = self._methods.get(message.method)
+        if handler is None:
+            self.metrics.call_errors += 1
+            self._error(conn, message.id, ErrorCode.UNKNOWN_METHOD, f"no handler for {message.method}")
+            return
+        self._spawn(self._run_call(conn, message, handler))
+
+    async def _run_call(self, conn: ClientConnection, message: Call, handler: MethodHandler) -> None:
+        limit = self.config.limits.call_timeout
+        timeout = min(message.timeout, limit) if message.timeout else limit
+        context = CallContext(
+            method=message.method,
+            data=payload_of(message),
+            connection_id=conn.id,
+            user=conn.user,
+            identity=conn.identity,
+        )
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout):
+                result = await handler(context)
+        except TimeoutError:
+            self.metrics.call_errors += 1
+            self._error(conn, message.id, ErrorCode.TIMEOUT, f"no answer within {timeout:g} s")
+        except RemoteError as exc:
+            self.metrics.call_errors += 1
+            conn.deliver(
+                conn.codec.encode(
+                    Error(code=exc.code, message=exc.remote_message, id=message.id, data=exc.data)
+                )
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.metrics.call_errors += 1
+            log.exception(
+                "method %s failed after %.3f s", message.method, time.monotonic() - started
+            )
+            self._error(conn, message.id, ErrorCode.METHOD_ERROR, "method failed")
+        else:
+            self._ok(conn, message.id, result)

@@ -1,0 +1,395 @@
+"""One client connection on the picows transport: bytes in, bytes out.
+
+Inbound: picows hands us frames; we reassemble fragmented messages (bounded by
+``max_message_size``), hand whole messages to the sans-I/O session for checks
+and decoding, and valid messages to the node.
+
+Outbound: ``deliver`` appends an already-encoded message to a per-connection
+list and marks the connection dirty; the server's :class:`Flusher` runs once
+per event-loop tick and writes each dirty connection's queue with ONE write:
+a single frame, or several messages packed into one frame (an array). So a
+fan-out burst costs one system call per connection, not one per message, and
+``deliver`` never blocks. Bytes waiting while the socket is paused count
+against ``max_queue_bytes``; beyond it the connection is closed as a slow
+consumer (4000).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+from typing import TYPE_CHECKING, Any
+
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
+
+from wsgate.auth import AuthRequest, Identity
+from wsgate.errors import AuthError, TokenExpired
+from wsgate.protocol.codec import Codec
+from wsgate.protocol.codes import CloseCode
+from wsgate.protocol.messages import Auth
+from wsgate.protocol.session import (
+    Close,
+    Received,
+    Reject,
+    ServerSession,
+    State,
+    close_for_auth_error,
+)
+
+if TYPE_CHECKING:
+    from wsgate.server.listener import Server
+
+__all__ = ["Connection", "Flusher"]
+
+log = logging.getLogger("wsgate.server")
+
+_PACK_LIMIT = 65_536
+"""Largest packed frame: messages are packed while the frame stays under this size."""
+_MAX_EARLY = 32
+"""Messages buffered while a token from the upgrade request is being verified."""
+_NO_IDENTITY = Identity(user=None)
+
+
+def _frame_header(first: int, size: int) -> bytes:
+    """RFC 6455 section 5.2 header of an unmasked server frame."""
+    if size < 126:
+        return bytes((first, size))
+    if size < 65_536:
+        return struct.pack("!BBH", first, 126, size)
+    return struct.pack("!BBQ", first, 127, size)
+
+
+class Flusher:
+    """Writes every dirty connection's queue once per event-loop tick."""
+
+    __slots__ = ("_dirty", "_loop", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._dirty: list[Connection] = []
+        self._scheduled = False
+
+    def mark(self, conn: Connection) -> None:
+        """Flush ``conn`` at the end of this tick."""
+        self._dirty.append(conn)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write out every dirty connection (normally called by the loop)."""
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn.flush()
+
+
+class Connection(WSListener):  # type: ignore[misc]
+    """A client connection; implements :class:`wsgate.hub.ClientConnection`."""
+
+    def __init__(
+        self,
+        server: Server,
+        codec: Codec,
+        token: str | None,
+        headers: dict[str, str],
+        query: dict[str, str],
+    ) -> None:
+        super().__init__()
+        limits = server.node.config.limits
+        self.server = server
+        self.node = server.node
+        self.codec = codec
+        self.session = ServerSession(
+            codec,
+            max_message_size=limits.max_message_size,
+            rate_limit=limits.rate_limit,
+            rate_burst=limits.rate_burst,
+        )
+        self.id = ""
+        self.identity = _NO_IDENTITY
+        self.subscriptions: set[str] = set()
+        self.pending_requests: set[int] = set()
+        self.inflight_calls = 0
+        self.connected_at = time.time()
+        self.remote_address: str | None = None
+        self.transport: WSTransport | None = None
+        self._raw: Any = None
+        self._token = token
+        self._headers = headers
+        self._query = query
+        self._first_byte = 0x81 if codec.text else 0x82
+        self._max_queue = limits.max_queue_bytes
+        self._pack = server.node.config.server.pack_messages
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._dirty = False
+        self._paused = False
+        self._fragments: bytearray | None = None
+        self._early: list[bytes] | None = None
+        self.closing = False
+        self.close_code: int | None = None
+        now = time.monotonic()
+        self.accepted_at = now
+        self.last_recv = now
+        self.ping_sent_at = 0.0
+        self.abort_at = 0.0
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id or '(unauthenticated)'} {self.remote_address}>"
+
+    @property
+    def user(self) -> str | None:
+        return self.identity.user
+
+    @property
+    def authenticated(self) -> bool:
+        return self.session.state is State.OPEN
+
+    # -- picows callbacks -------------------------------------------------------------
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        self._raw = transport.underlying_transport
+        peer = self._raw.get_extra_info("peername")
+        if peer:
+            self.remote_address = f"{peer[0]}:{peer[1]}"
+        self.server.connections.add(self)
+        # Authenticate at once with what the upgrade carried (a token, or headers such
+        # as cookies for custom authenticators). Without a token a failure is not final:
+        # the client may still send an `auth` message within the handshake timeout.
+        self._early = []
+        self.server.spawn(self._authenticate(self._token, final=self._token is not None))
+        self._token = None
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.server.connections.discard(self)
+        handshake = transport.close_handshake
+        if not self.closing and handshake is not None and handshake.sent is not None:
+            # picows closed it itself: an oversized or invalid frame.
+            code = int(handshake.sent.code)
+            if code == CloseCode.MESSAGE_TOO_BIG:
+                self.node.metrics.oversized_messages += 1
+            else:
+                self.node.metrics.protocol_errors += 1
+            log.info("closed %r with %d: %s", self, code, handshake.sent.reason)
+        self.closing = True
+        self.session.closed()
+        self._pending.clear()
+        if self.authenticated or self.id:
+            self.node.detach(self)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        self.last_recv = time.monotonic()
+        self.ping_sent_at = 0.0
+        msg_type = frame.msg_type
+        if msg_type == WSMsgType.TEXT or msg_type == WSMsgType.BINARY:
+            if self._fragments is not None:
+                self._close_now(CloseCode.FRAMING_ERROR, "new message inside a fragmented one")
+            elif frame.fin:
+                self._on_message(frame.get_payload_as_bytes())
+            else:
+                self._fragments = bytearray(frame.get_payload_as_memoryview())
+                self._check_fragment_size()
+        elif msg_type == WSMsgType.CONTINUATION:
+            if self._fragments is None:
+                self._close_now(CloseCode.FRAMING_ERROR, "continuation without a message")
+                return
+            self._fragments += frame.get_payload_as_memoryview()
+            if self._check_fragment_size() and frame.fin:
+                payload = bytes(self._fragments)
+                self._fragments = None
+                self._on_message(payload)
+        elif msg_type == WSMsgType.CLOSE:
+            if not transport.is_close_frame_sent:
+                self.closing = True
+                transport.send_close(frame.get_close_code(), b"")
+            transport.disconnect()
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._pending and not self._dirty:
+            self._dirty = True
+            self.server.flusher.mark(self)
+
+    # -- inbound ----------------------------------------------------------------------
+
+    def _check_fragment_size(self) -> bool:
+        assert self._fragments is not None
+        outcome = self.session.check_size(len(self._fragments))
+        if outcome is not None:
+            self._fragments = None
+            self._apply(outcome)
+            return False
+        return True
+
+    def _on_message(self, payload: bytes) -> None:
+        if self._early is not None:  # a token is being verified: hold messages until then
+            if len(self._early) >= _MAX_EARLY:
+                self._close_now(CloseCode.PROTOCOL_ERROR, "too many messages before welcome")
+            else:
+                self._early.append(payload)
+            return
+        outcome = self.session.receive(payload, time.monotonic())
+        if outcome is not None:
+            self._apply(outcome)
+
+    def _apply(self, outcome: Received | Reject | Close) -> None:
+        if isinstance(outcome, Received):
+            message = outcome.message
+            if isinstance(message, Auth):
+                self._early = []
+                self.server.spawn(self._authenticate(message.token, final=True))
+            else:
+                self.node.handle(self, message)
+        elif isinstance(outcome, Reject):
+            self.node.metrics.bad_requests += 1
+            self.deliver(self.codec.encode(outcome.error))
+        else:
+            metrics = self.node.metrics
+            if outcome.code == CloseCode.MESSAGE_TOO_BIG:
+                metrics.oversized_messages += 1
+            elif outcome.code == CloseCode.RATE_LIMITED:
+                metrics.rate_limited += 1
+            elif outcome.code == CloseCode.PROTOCOL_ERROR:
+                metrics.protocol_errors += 1
+            elif outcome.code == CloseCode.AUTH_FAILED:
+                metrics.auth_failures += 1
+            log.info("closing %r with %d: %s", self, outcome.code, outcome.reason)
+            self._close_now(outcome.code, outcome.reason)
+
+    async def _authenticate(self, token: str | None, *, final: bool) -> None:
+        request = AuthRequest(
+            token=token,
+            headers=self._headers,
+            query=self._query,
+            remote_address=self.remote_address,
+        )
+        try:
+            identity = await self.node.authenticate(request)
+            if identity.expires_at is not None and identity.expires_at <= time.time():
+                raise TokenExpired("token expired")
+        except AuthError as exc:
+            if not final:
+                early, self._early = self._early or [], None
+                for payload in early:
+                    self._on_message(payload)
+                return
+            self.node.metrics.auth_failures += 1
+            outcome = close_for_auth_error(exc)
+            log.info("authentication failed for %s: %s", self.remote_address, exc)
+            self._close_now(outcome.code, outcome.reason)
+            return
+        if self.closing:
+            return
+        self.identity = identity
+        self.id = identity.connection_id or self.node.new_connection_id()
+        self.session.opened()
+        self.node.attach(self)
+        early, self._early = self._early or [], None
+        for payload in early:
+            if self.closing:
+                break
+            self._on_message(payload)
+
+    # -- outbound ---------------------------------------------------------------------
+
+    def deliver(self, payload: bytes) -> None:
+        """Queue one encoded message for the next flush (never blocks)."""
+        if self.closing:
+            self.node.metrics.dropped_closed += 1
+            return
+        self._pending.append(payload)
+        self._pending_bytes += len(payload)
+        if self._pending_bytes > self._max_queue:
+            self._slow_consumer()
+        elif not self._dirty:
+            self._dirty = True
+            self.server.flusher.mark(self)
+
+    def flush(self) -> None:
+        """Write the queue with one call (called by the flusher)."""
+        self._dirty = False
+        pending = self._pending
+        if self._paused or not pending or self.closing and self._raw is None:
+            return
+        self._pending = []
+        self._pending_bytes = 0
+        raw = self._raw
+        first = self._first_byte
+        if len(pending) == 1:
+            payload = pending[0]
+            raw.write(_frame_header(first, len(payload)) + payload)
+            frames = 1
+        elif not self._pack:
+            raw.writelines([_frame_header(first, len(p)) + p for p in pending])
+            frames = len(pending)
+        else:
+            chunks: list[bytes] = []
+            batch: list[bytes] = []
+            size = 0
+            for payload in pending:
+                if batch and size + len(payload) > _PACK_LIMIT:
+                    packed = self.codec.pack(batch) if len(batch) > 1 else batch[0]
+                    chunks.append(_frame_header(first, len(packed)))
+                    chunks.append(packed)
+                    batch, size = [], 0
+                batch.append(payload)
+                size += len(payload) + 1
+            packed = self.codec.pack(batch) if len(batch) > 1 else batch[0]
+            chunks.append(_frame_header(first, len(packed)))
+            chunks.append(packed)
+            raw.writelines(chunks)
+            frames = len(chunks) // 2
+        self.node.metrics.frames_written += frames
+        if raw.get_write_buffer_size() > self._max_queue:
+            self._slow_consumer()
+
+    def _slow_consumer(self) -> None:
+        self.node.metrics.slow_consumers += 1
+        log.warning("closing %r: slow consumer (outbound queue over %d bytes)", self, self._max_queue)
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._close_now(CloseCode.SLOW_CONSUMER, "slow consumer")
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Flush what is queued, then close with ``code`` (idempotent)."""
+        if self.closing:
+            return
+        if self._pending and not self._paused:
+            self.flush()
+        self._close_now(code, reason)
+
+    def _close_now(self, code: int, reason: str) -> None:
+        """Send the close frame now, dropping anything still queued."""
+        if self.closing:
+            return
+        self.closing = True
+        self.close_code = code
+        self.session.closed()
+        self._pending.clear()
+        self._pending_bytes = 0
+        transport = self.transport
+        if transport is None or transport.is_disconnected:
+            return
+        transport.send_close(WSCloseCode(code), reason.encode()[:123])
+        # The peer should answer with its close frame; abort if it does not.
+        self.abort_at = time.monotonic() + self.server.close_timeout
+        if code == CloseCode.SLOW_CONSUMER or code == CloseCode.KEEPALIVE_TIMEOUT:
+            self.abort_at = time.monotonic() + 1.0
+
+    def send_ping(self) -> None:
+        """A keepalive ping (called by the server's sweep)."""
+        if self.transport is not None and not self.closing:
+            self.ping_sent_at = time.monotonic()
+            self.transport.send_ping(b"")
+
+    def abort(self) -> None:
+        """Drop the TCP connection without waiting for the close handshake."""
+        if self.transport is not None and not self.transport.is_disconnected:
+            self.transport.disconnect(graceful=False)
