@@ -38,7 +38,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _add_config_flag(serve)
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to listen on (default 8765; 0 = any free port)")
+    serve.add_argument(
+        "--port", type=int, help="port to listen on (default 8765; 0 = any free port)"
+    )
     serve.add_argument("--path", help="WebSocket path (default /ws)")
     serve.add_argument("--broker", help="broker URL (default memory://)")
     serve.add_argument("--node-id", help="node id (default: random)")
@@ -65,13 +67,25 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_config_flag(token)
     token.add_argument("--user", required=True, help="user id (the 'sub' claim)")
     token.add_argument(
-        "--sub", action="append", default=[], metavar="PATTERN", help="grant: may subscribe (repeatable)"
+        "--sub",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="grant: may subscribe (repeatable)",
     )
     token.add_argument(
-        "--pub", action="append", default=[], metavar="PATTERN", help="grant: may publish (repeatable)"
+        "--pub",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="grant: may publish (repeatable)",
     )
     token.add_argument(
-        "--call", action="append", default=[], metavar="PATTERN", help="grant: may call methods (repeatable)"
+        "--call",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="grant: may call methods (repeatable)",
     )
     token.add_argument(
         "--channel",
@@ -81,7 +95,9 @@ def _build_parser() -> argparse.ArgumentParser:
         help="subscribe automatically on connect (must be granted by --sub)",
     )
     token.add_argument("--cid", metavar="ID", help="connection id the client takes (device serial)")
-    token.add_argument("--ttl", type=float, default=3600.0, help="seconds until expiry (default 3600)")
+    token.add_argument(
+        "--ttl", type=float, default=3600.0, help="seconds until expiry (default 3600)"
+    )
     return parser
 
 

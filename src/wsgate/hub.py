@@ -42,6 +42,10 @@ class ClientConnection(Protocol):
         """The authenticated user, or None for anonymous connections."""
         ...
 
+    def __hash__(self) -> int:
+        """Hashable by identity (kept in sets and the topic trie)."""
+        ...
+
     def deliver(self, payload: bytes) -> None:
         """Queue one encoded message; never blocks, never raises.
 

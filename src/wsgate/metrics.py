@@ -81,8 +81,8 @@ class Metrics:
     def render(self, labels: str = "") -> str:
         """The Prometheus text exposition of every metric (``wsgate_`` prefixed)."""
         lines: list[str] = []
-        for name in _HELP:
-            lines.append(f"# HELP wsgate_{name}_total {_HELP[name]}")
+        for name, text in _HELP.items():
+            lines.append(f"# HELP wsgate_{name}_total {text}")
             lines.append(f"# TYPE wsgate_{name}_total counter")
             lines.append(f"wsgate_{name}_total{labels} {getattr(self, name)}")
         for name, read in self._gauges.items():

@@ -165,7 +165,7 @@ class Node:
         self.hub = Hub(self.id)
         self.metrics = Metrics()
         self.metrics.add_gauge("connections", lambda: len(self.hub))
-        self.metrics.add_gauge("users", lambda: self.hub.users())
+        self.metrics.add_gauge("users", self.hub.users)
         self.metrics.add_gauge("patterns", lambda: len(self.hub.patterns()))
         self.metrics.add_gauge("requests_in_flight", lambda: len(self._requests))
         self._methods: dict[str, MethodHandler] = {}
@@ -495,7 +495,9 @@ class Node:
         if not self._check_pattern(conn, message.id, pattern):
             return
         if not conn.identity.can_subscribe(pattern):
-            self._error(conn, message.id, ErrorCode.PERMISSION_DENIED, f"may not subscribe to {pattern}")
+            self._error(
+                conn, message.id, ErrorCode.PERMISSION_DENIED, f"may not subscribe to {pattern}"
+            )
             return
         if pattern in conn.subscriptions:
             self._ok(conn, message.id)
@@ -547,7 +549,9 @@ class Node:
 
     def _on_unsub(self, conn: ClientConnection, message: Unsub) -> None:
         if message.topic not in conn.subscriptions:
-            self._error(conn, message.id, ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {message.topic}")
+            self._error(
+                conn, message.id, ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {message.topic}"
+            )
             return
         if self.hub.unsubscribe(conn, message.topic):
             self._spawn(self._broker_unsubscribe(message.topic))
@@ -560,7 +564,9 @@ class Node:
             self._error(conn, message.id, ErrorCode.INVALID_TOPIC, str(exc))
             return
         if not conn.identity.can_publish(message.topic):
-            self._error(conn, message.id, ErrorCode.PERMISSION_DENIED, f"may not publish to {message.topic}")
+            self._error(
+                conn, message.id, ErrorCode.PERMISSION_DENIED, f"may not publish to {message.topic}"
+            )
             return
         self._spawn(self._publish_for(conn, message))
 
@@ -577,16 +583,22 @@ class Node:
         self.metrics.calls += 1
         if not conn.identity.can_call(message.method):
             self.metrics.call_errors += 1
-            self._error(conn, message.id, ErrorCode.PERMISSION_DENIED, f"may not call {message.method}")
+            self._error(
+                conn, message.id, ErrorCode.PERMISSION_DENIED, f"may not call {message.method}"
+            )
             return
         handler = self._methods.get(message.method)
         if handler is None:
             self.metrics.call_errors += 1
-            self._error(conn, message.id, ErrorCode.UNKNOWN_METHOD, f"no handler for {message.method}")
+            self._error(
+                conn, message.id, ErrorCode.UNKNOWN_METHOD, f"no handler for {message.method}"
+            )
             return
         self._spawn(self._run_call(conn, message, handler))
 
-    async def _run_call(self, conn: ClientConnection, message: Call, handler: MethodHandler) -> None:
+    async def _run_call(
+        self, conn: ClientConnection, message: Call, handler: MethodHandler
+    ) -> None:
         limit = self.config.limits.call_timeout
         timeout = min(message.timeout, limit) if message.timeout else limit
         context = CallContext(

@@ -26,6 +26,10 @@ class BrokerHandler(Protocol):
         """A broadcast to every connection arrived."""
         ...
 
+    def __hash__(self) -> int:
+        """Hashable by identity (kept in sets and the topic trie)."""
+        ...
+
 
 @runtime_checkable
 class Broker(Protocol):

@@ -68,16 +68,12 @@ class Codec:
         if text:
             self._encode = msgspec.json.Encoder().encode
             self._client_decoder: Any = msgspec.json.Decoder(ClientMessage)
-            self._server_decoder: Any = msgspec.json.Decoder(
-                ServerMessage | list[ServerMessage]  # type: ignore[arg-type]
-            )
+            self._server_decoder: Any = msgspec.json.Decoder(ServerMessage | list[ServerMessage])
             self._generic_decode: Any = msgspec.json.Decoder().decode
         else:
             self._encode = msgspec.msgpack.Encoder().encode
             self._client_decoder = msgspec.msgpack.Decoder(ClientMessage)
-            self._server_decoder = msgspec.msgpack.Decoder(
-                ServerMessage | list[ServerMessage]  # type: ignore[arg-type]
-            )
+            self._server_decoder = msgspec.msgpack.Decoder(ServerMessage | list[ServerMessage])
             self._generic_decode = msgspec.msgpack.Decoder().decode
 
     def __repr__(self) -> str:

@@ -109,9 +109,7 @@ def is_reconnectable(code: int) -> bool:
 
 def is_terminal(code: int) -> bool:
     """True when reconnecting with the same credentials and request is pointless."""
-    return 4100 <= code <= 4499 or (
-        1002 <= code <= 2999 and code not in _RECONNECT_STANDARD
-    )
+    return 4100 <= code <= 4499 or (1002 <= code <= 2999 and code not in _RECONNECT_STANDARD)
 
 
 def is_application(code: int) -> bool:

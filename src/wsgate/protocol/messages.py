@@ -56,27 +56,27 @@ class _Message(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="op"):
 # -- client -> server -----------------------------------------------------------------
 
 
-class Auth(_Message, tag="auth"):
+class Auth(_Message, frozen=True, tag="auth"):
     """Authenticate with a token (when none came with the HTTP upgrade)."""
 
     token: Annotated[str, msgspec.Meta(max_length=16384)]
 
 
-class Sub(_Message, tag="sub"):
+class Sub(_Message, frozen=True, tag="sub"):
     """Subscribe to a topic or pattern."""
 
     id: Id
     topic: Name
 
 
-class Unsub(_Message, tag="unsub"):
+class Unsub(_Message, frozen=True, tag="unsub"):
     """Drop a subscription made earlier with exactly this topic or pattern."""
 
     id: Id
     topic: Name
 
 
-class Pub(_Message, tag="pub"):
+class Pub(_Message, frozen=True, tag="pub"):
     """Publish to a topic. With an ``id`` the server acknowledges with ``ok``."""
 
     topic: Name
@@ -85,7 +85,7 @@ class Pub(_Message, tag="pub"):
     id: Id | None = None
 
 
-class Call(_Message, tag="call"):
+class Call(_Message, frozen=True, tag="call"):
     """Call a backend method and await its ``ok`` (result) or ``error``."""
 
     id: Id
@@ -103,7 +103,7 @@ class ErrorInfo(msgspec.Struct, frozen=True, omit_defaults=True):
     data: Any = None
 
 
-class Reply(_Message, tag="reply"):
+class Reply(_Message, frozen=True, tag="reply"):
     """The client's answer to a server ``req`` with the same ``id``."""
 
     id: Id
@@ -112,7 +112,7 @@ class Reply(_Message, tag="reply"):
     error: ErrorInfo | None = None
 
 
-class Ping(_Message, tag="ping"):
+class Ping(_Message, frozen=True, tag="ping"):
     """Application-level ping for clients that cannot send WebSocket pings (browsers)."""
 
     id: Id | None = None
@@ -124,7 +124,7 @@ ClientMessage = Auth | Sub | Unsub | Pub | Call | Reply | Ping
 # -- server -> client -----------------------------------------------------------------
 
 
-class Welcome(_Message, tag="welcome"):
+class Welcome(_Message, frozen=True, tag="welcome"):
     """First message after a successful authentication."""
 
     cid: str
@@ -134,7 +134,7 @@ class Welcome(_Message, tag="welcome"):
     ping_interval: float | None = None
 
 
-class Msg(_Message, tag="msg"):
+class Msg(_Message, frozen=True, tag="msg"):
     """A publication on a topic the connection is subscribed to."""
 
     topic: str
@@ -142,14 +142,14 @@ class Msg(_Message, tag="msg"):
     bin: bytes | None = None
 
 
-class Push(_Message, tag="push"):
+class Push(_Message, frozen=True, tag="push"):
     """A message addressed to this connection (send, send_to_user, broadcast)."""
 
     data: Any = None
     bin: bytes | None = None
 
 
-class Req(_Message, tag="req"):
+class Req(_Message, frozen=True, tag="req"):
     """A server request: answer with ``reply`` carrying the same ``id``."""
 
     id: Id
@@ -157,7 +157,7 @@ class Req(_Message, tag="req"):
     bin: bytes | None = None
 
 
-class Ok(_Message, tag="ok"):
+class Ok(_Message, frozen=True, tag="ok"):
     """Success answer to the client message with the same ``id`` (call results in data)."""
 
     id: Id
@@ -165,7 +165,7 @@ class Ok(_Message, tag="ok"):
     bin: bytes | None = None
 
 
-class Error(_Message, tag="error"):
+class Error(_Message, frozen=True, tag="error"):
     """Failure answer to the client message with the same ``id`` (absent when unknown)."""
 
     code: str
@@ -174,7 +174,7 @@ class Error(_Message, tag="error"):
     data: Any = None
 
 
-class Pong(_Message, tag="pong"):
+class Pong(_Message, frozen=True, tag="pong"):
     """Answer to an application-level ``ping``."""
 
     id: Id | None = None

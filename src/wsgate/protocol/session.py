@@ -112,7 +112,7 @@ class ServerSession:
         rate_burst: messages allowed at once (token bucket size).
     """
 
-    __slots__ = ("_allowance", "_last", "_max_size", "_rate", "_burst", "codec", "state")
+    __slots__ = ("_allowance", "_burst", "_last", "_max_size", "_rate", "codec", "state")
 
     def __init__(
         self, codec: Codec, *, max_message_size: int, rate_limit: float, rate_burst: int

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import struct
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
@@ -86,7 +86,7 @@ class Flusher:
             conn.flush()
 
 
-class Connection(WSListener):  # type: ignore[misc]
+class Connection(WSListener):
     """A client connection; implements :class:`wsgate.hub.ClientConnection`."""
 
     def __init__(
@@ -165,11 +165,11 @@ class Connection(WSListener):  # type: ignore[misc]
         self._token = None
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
-        self.server.connections.discard(self)
+        self.server.forget(self)
         handshake = transport.close_handshake
         if not self.closing and handshake is not None and handshake.sent is not None:
             # picows closed it itself: an oversized or invalid frame.
-            code = int(handshake.sent.code)
+            code = int(cast(Any, handshake.sent.code))
             if code == CloseCode.MESSAGE_TOO_BIG:
                 self.node.metrics.oversized_messages += 1
             else:
@@ -185,7 +185,7 @@ class Connection(WSListener):  # type: ignore[misc]
         self.last_recv = time.monotonic()
         self.ping_sent_at = 0.0
         msg_type = frame.msg_type
-        if msg_type == WSMsgType.TEXT or msg_type == WSMsgType.BINARY:
+        if msg_type in (WSMsgType.TEXT, WSMsgType.BINARY):
             if self._fragments is not None:
                 self._close_now(CloseCode.FRAMING_ERROR, "new message inside a fragmented one")
             elif frame.fin:
@@ -316,7 +316,7 @@ class Connection(WSListener):  # type: ignore[misc]
         """Write the queue with one call (called by the flusher)."""
         self._dirty = False
         pending = self._pending
-        if self._paused or not pending or self.closing and self._raw is None:
+        if self._paused or not pending or (self.closing and self._raw is None):
             return
         self._pending = []
         self._pending_bytes = 0
@@ -352,7 +352,9 @@ class Connection(WSListener):  # type: ignore[misc]
 
     def _slow_consumer(self) -> None:
         self.node.metrics.slow_consumers += 1
-        log.warning("closing %r: slow consumer (outbound queue over %d bytes)", self, self._max_queue)
+        log.warning(
+            "closing %r: slow consumer (outbound queue over %d bytes)", self, self._max_queue
+        )
         self._pending.clear()
         self._pending_bytes = 0
         self._close_now(CloseCode.SLOW_CONSUMER, "slow consumer")
@@ -379,9 +381,9 @@ class Connection(WSListener):  # type: ignore[misc]
             return
         transport.send_close(WSCloseCode(code), reason.encode()[:123])
         # The peer should answer with its close frame; abort if it does not.
-        self.abort_at = time.monotonic() + self.server.close_timeout
-        if code == CloseCode.SLOW_CONSUMER or code == CloseCode.KEEPALIVE_TIMEOUT:
-            self.abort_at = time.monotonic() + 1.0
+        # A slow or silent peer will not read it: give it one second, not the full timeout.
+        grace = 1.0 if code in (CloseCode.SLOW_CONSUMER, CloseCode.KEEPALIVE_TIMEOUT) else None
+        self.abort_at = time.monotonic() + (grace or self.server.close_timeout)
 
     def send_ping(self) -> None:
         """A keepalive ping (called by the server's sweep)."""

@@ -20,13 +20,19 @@ node's counters; neither reveals identities or payloads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import parse_qsl
 
-from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener, ws_create_server
+from picows import (
+    WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+    ws_create_server,
+)
 
 from wsgate.auth import OriginPolicy
 from wsgate.node import Node
@@ -71,6 +77,7 @@ class Server:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._flusher: Flusher | None = None
         self._stopped = asyncio.Event()
+        self._drained = asyncio.Event()
 
     @property
     def flusher(self) -> Flusher:
@@ -116,9 +123,10 @@ class Server:
             if not conn.authenticated:
                 conn.close(CloseCode.SHUTDOWN, "node shutting down")
         await self.node.stop()
-        deadline = time.monotonic() + self.close_timeout
-        while self.connections and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        if self.connections:
+            self._drained.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), self.close_timeout)
         for conn in list(self.connections):
             conn.abort()
         for task in list(self._tasks):
@@ -130,6 +138,12 @@ class Server:
     async def wait_stopped(self) -> None:
         """Return once :meth:`stop` has finished."""
         await self._stopped.wait()
+
+    def forget(self, conn: Connection) -> None:
+        """A connection's socket is gone (called by the connection)."""
+        self.connections.discard(conn)
+        if not self.connections:
+            self._drained.set()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run a connection's background work, keeping a strong reference."""
@@ -159,7 +173,9 @@ class Server:
             metrics.connections_rejected += 1
             log.info("rejected upgrade: origin %r not allowed", headers.get("origin"))
             return _error(403, "origin not allowed")
-        offered = [t.strip() for t in headers.get("sec-websocket-protocol", "").split(",") if t.strip()]
+        offered = [
+            t.strip() for t in headers.get("sec-websocket-protocol", "").split(",") if t.strip()
+        ]
         codec = codec_for_subprotocol(offered)
         if codec is None:
             metrics.connections_rejected += 1
