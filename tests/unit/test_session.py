@@ -53,13 +53,17 @@ def test_auth_twice_is_rejected_but_not_fatal() -> None:
 
 def test_open_session_accepts_client_messages() -> None:
     session = _open()
-    assert session.receive(b'{"op":"sub","id":1,"topic":"a.*"}', 0.0) == Received(Sub(id=1, topic="a.*"))
+    assert session.receive(b'{"op":"sub","id":1,"topic":"a.*"}', 0.0) == Received(
+        Sub(id=1, topic="a.*")
+    )
     assert session.receive(b'{"op":"ping"}', 0.0) == Received(Ping())
 
 
 def test_size_is_checked_first() -> None:
     session = _open(max_message_size=64)
-    assert session.receive(b"x" * 65, 0.0) == Close(CloseCode.MESSAGE_TOO_BIG, "message exceeds 64 bytes")
+    assert session.receive(b"x" * 65, 0.0) == Close(
+        CloseCode.MESSAGE_TOO_BIG, "message exceeds 64 bytes"
+    )
     assert session.check_size(64) is None
 
 
@@ -89,7 +93,9 @@ def test_rate_limit_allows_the_burst_then_the_rate() -> None:
     session = _open(rate_limit=10.0, rate_burst=3)
     ping = b'{"op":"ping"}'
     assert all(isinstance(session.receive(ping, 0.0), Received) for _ in range(3))
-    assert session.receive(ping, 0.0) == Close(CloseCode.RATE_LIMITED, "message rate limit exceeded")
+    assert session.receive(ping, 0.0) == Close(
+        CloseCode.RATE_LIMITED, "message rate limit exceeded"
+    )
     session = _open(rate_limit=10.0, rate_burst=3)
     # At exactly the sustained rate (one per 0.1 s) a client is never limited.
     assert all(isinstance(session.receive(ping, i * 0.1), Received) for i in range(100))
