@@ -36,6 +36,7 @@ class ClientConnection(Protocol):
     connected_at: float
     remote_address: str | None
     pending_requests: set[int]
+    inflight_calls: int
 
     @property
     def user(self) -> str | None:

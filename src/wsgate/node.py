@@ -594,9 +594,27 @@ class Node:
                 conn, message.id, ErrorCode.UNKNOWN_METHOD, f"no handler for {message.method}"
             )
             return
+        if conn.inflight_calls >= self.config.limits.max_inflight_calls:
+            self.metrics.call_errors += 1
+            self._error(
+                conn,
+                message.id,
+                ErrorCode.TOO_MANY_CALLS,
+                f"at most {self.config.limits.max_inflight_calls} calls in flight",
+            )
+            return
+        conn.inflight_calls += 1
         self._spawn(self._run_call(conn, message, handler))
 
     async def _run_call(
+        self, conn: ClientConnection, message: Call, handler: MethodHandler
+    ) -> None:
+        try:
+            await self._answer_call(conn, message, handler)
+        finally:
+            conn.inflight_calls -= 1
+
+    async def _answer_call(
         self, conn: ClientConnection, message: Call, handler: MethodHandler
     ) -> None:
         limit = self.config.limits.call_timeout

@@ -16,6 +16,7 @@ class FakeConnection:
         self.codec = JSON
         self.subscriptions: set[str] = set()
         self.pending_requests: set[int] = set()
+        self.inflight_calls = 0
         self.connected_at = 0.0
         self.remote_address = None
         self.sent: list[bytes] = []
