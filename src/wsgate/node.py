@@ -45,6 +45,7 @@ from wsgate.errors import (
 )
 from wsgate.hub import ClientConnection, ConnectionInfo, Hub
 from wsgate.metrics import Metrics
+from wsgate.protocol.codec import DEFAULT_CODEC
 from wsgate.protocol.codes import CloseCode, ErrorCode
 from wsgate.protocol.messages import (
     Call,
@@ -227,7 +228,7 @@ class Node:
         """
         topics.validate_topic(topic)
         publication = Publication(topic, data)
-        publication.frame(self._default_codec)  # fail here, not in the middle of fan-out
+        publication.frame(DEFAULT_CODEC)  # fail here, not in the middle of fan-out
         self.metrics.publications += 1
         await self.broker.publish(publication)
 
@@ -246,7 +247,7 @@ class Node:
 
     async def broadcast(self, data: Any) -> None:
         """Send ``data`` to every connection of the gateway."""
-        Encoded(Push(*payload_fields(data))).frame(self._default_codec)  # validate early
+        Encoded(Push(*payload_fields(data))).frame(DEFAULT_CODEC)  # validate early
         await self.broker.broadcast(data)
 
     async def request(self, connection_id: str, data: Any, timeout: float | None = None) -> Any:
@@ -418,12 +419,6 @@ class Node:
             conn.deliver(conn.codec.encode(Pong(id=message.id)))
 
     # -- internals --------------------------------------------------------------------
-
-    @property
-    def _default_codec(self) -> Any:
-        from wsgate.protocol.codec import DEFAULT_CODEC  # noqa: PLC0415
-
-        return DEFAULT_CODEC
 
     def _deliver(self, conn: ClientConnection, encoded: Encoded) -> bool:
         try:
