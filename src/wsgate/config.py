@@ -59,7 +59,7 @@ class LimitsConfig:
     """Per-connection limits; each breach has a documented close code or error."""
 
     max_message_size: int = 65_536
-    """Largest inbound message in bytes (close 4103 beyond)."""
+    """Largest inbound message in bytes (close 1009 beyond)."""
     rate_limit: float = 100.0
     """Sustained inbound messages per second per connection (close 4004 beyond)."""
     rate_burst: int = 200

@@ -369,7 +369,7 @@ class Node:
         """Register an authenticated connection and greet it.
 
         Takes over any older connection with the same id (which is closed with
-        ``4104 TAKEN_OVER``), makes the identity's default subscriptions, and
+        ``4103 TAKEN_OVER``), makes the identity's default subscriptions, and
         queues ``welcome``.
         """
         previous = self.hub.add(conn)
@@ -576,6 +576,12 @@ class Node:
 
     def _on_call(self, conn: ClientConnection, message: Call) -> None:
         self.metrics.calls += 1
+        try:
+            topics.validate_topic(message.method)
+        except InvalidTopic as exc:
+            self.metrics.call_errors += 1
+            self._error(conn, message.id, ErrorCode.BAD_REQUEST, f"invalid method name: {exc}")
+            return
         if not conn.identity.can_call(message.method):
             self.metrics.call_errors += 1
             self._error(

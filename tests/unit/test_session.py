@@ -6,7 +6,13 @@ import pytest
 
 from wsgate.errors import AuthError, PermissionDenied, TokenExpired
 from wsgate.protocol.codec import JSON, MSGPACK, Codec
-from wsgate.protocol.codes import CloseCode, ErrorCode
+from wsgate.protocol.codes import (
+    CloseCode,
+    ErrorCode,
+    is_application,
+    is_reconnectable,
+    is_terminal,
+)
 from wsgate.protocol.messages import Auth, Ping, Sub
 from wsgate.protocol.session import (
     Close,
@@ -117,3 +123,12 @@ def test_closed_session_ignores_input() -> None:
 )
 def test_auth_errors_map_to_close_codes(error: AuthError, code: CloseCode) -> None:
     assert close_for_auth_error(error).code == code
+
+
+def test_every_close_code_has_exactly_one_class() -> None:
+    for code in range(1000, 5000):
+        classes = [is_reconnectable(code), is_terminal(code), is_application(code)]
+        assert classes.count(True) == 1, code
+    assert is_reconnectable(CloseCode.SLOW_CONSUMER) and is_reconnectable(CloseCode.SHUTDOWN)
+    assert is_terminal(CloseCode.AUTH_FAILED) and is_terminal(CloseCode.MESSAGE_TOO_BIG)
+    assert is_terminal(CloseCode.NORMAL) and is_application(4500)

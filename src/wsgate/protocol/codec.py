@@ -148,8 +148,6 @@ class Codec:
             raw = self._generic_decode(payload)
         except Exception:  # pragma: no cover - it validated as far as the schema
             return MalformedMessage(f"not valid {self.name}")
-        if isinstance(raw, list):
-            raw = raw[0] if len(raw) == 1 and isinstance(raw[0], dict) else None
         if not isinstance(raw, dict):
             return MalformedMessage("a message must be a map")
         raw_id = raw.get("id")

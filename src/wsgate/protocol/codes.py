@@ -6,8 +6,8 @@ that a client's reconnect policy reads:
 ============  ===========  ======================================================
 range         class        client behaviour
 ============  ===========  ======================================================
-1000-2999     standard     1000 = done; 1001/1006/1011/1012/1013/1014 reconnect;
-                           other standard codes are terminal
+1000-3999     standard     1001/1006/1011/1012/1013/1014 reconnect;
+                           every other code (1000 included) is terminal
 4000-4099     reconnect    transient: reconnect with backoff (and jitter)
 4100-4499     terminal     do not reconnect until something changes (token, code)
 4500-4999     application  chosen by backends in ``disconnect(code=...)``;
@@ -46,22 +46,20 @@ class CloseCode(IntEnum):
     SHUTDOWN = 4001
     """The node is shutting down or restarting; reconnect (to another node)."""
     KEEPALIVE_TIMEOUT = 4002
-    """No pong (or any frame) arrived within the pong timeout."""
+    """After a server ping, no frame at all (pong or other) arrived within the pong timeout."""
     TOKEN_EXPIRED = 4003
     """The token expired on a live connection; reconnect with a fresh token."""
     RATE_LIMITED = 4004
     """The client sent messages faster than its rate limit allows."""
     AUTH_TIMEOUT = 4005
-    """No ``auth`` message arrived within the handshake timeout."""
-    TRY_AGAIN_LATER = 4006
-    """The node is at its connection limit or temporarily unable to serve."""
+    """Authentication did not succeed within the handshake timeout (counted from the upgrade)."""
 
     # -- 4100-4499: terminal -------------------------------------------------------
     AUTH_FAILED = 4100
     """The credentials were missing, malformed, badly signed or rejected."""
     FORBIDDEN = 4101
-    """Authenticated, but the connection asked for something it may not have
-    (e.g. a connection id its token does not allow)."""
+    """The authenticator recognised the client but refused it (a custom
+    authenticator raised ``PermissionDenied``)."""
     PROTOCOL_ERROR = 4102
     """A frame did not decode to a message (bad JSON/MessagePack, not a map)."""
     TAKEN_OVER = 4103
@@ -88,7 +86,8 @@ class ErrorCode(StrEnum):
     UNKNOWN_METHOD = "unknown_method"
     """No handler or worker serves this method."""
     METHOD_ERROR = "method_error"
-    """The handler raised; ``message`` says what it chose to say."""
+    """The handler raised an unexpected exception (details are logged, not sent;
+    a handler picks its own code and message by raising ``RemoteError``)."""
     TIMEOUT = "timeout"
     """The handler did not answer within the call timeout."""
     TOO_MANY_CALLS = "too_many_calls"
@@ -108,8 +107,13 @@ def is_reconnectable(code: int) -> bool:
 
 
 def is_terminal(code: int) -> bool:
-    """True when reconnecting with the same credentials and request is pointless."""
-    return 4100 <= code <= 4499 or (1002 <= code <= 2999 and code not in _RECONNECT_STANDARD)
+    """True when reconnecting with the same credentials and request is pointless.
+
+    Every code that is neither reconnectable nor in the application range is
+    terminal, including ``1000`` (the server ended the connection on purpose) and
+    codes other servers use in 3000-3999.
+    """
+    return not is_reconnectable(code) and not is_application(code)
 
 
 def is_application(code: int) -> bool:

@@ -202,10 +202,14 @@ class Connection(WSListener):
                 payload = bytes(self._fragments)
                 self._fragments = None
                 self._on_message(payload)
+        elif msg_type == WSMsgType.PING:
+            transport.send_pong(frame.get_payload_as_bytes())
         elif msg_type == WSMsgType.CLOSE:
             if not transport.is_close_frame_sent:
                 self.closing = True
-                transport.send_close(frame.get_close_code(), b"")
+                # Echo the peer's code (RFC 6455 5.5.1); a close without a code gets 1000.
+                code = frame.get_close_code()
+                transport.send_close(code if int(cast(Any, code)) else WSCloseCode.OK, b"")
             transport.disconnect()
 
     def pause_writing(self) -> None:

@@ -101,7 +101,8 @@ class Server:
             self.port,
             websocket_handshake_timeout=cfg.server.handshake_timeout,
             enable_auto_ping=False,  # our sweep does keepalive for all connections at once
-            enable_auto_pong=True,
+            # Pings are answered by Connection so that they count as activity.
+            enable_auto_pong=False,
             max_frame_size=cfg.limits.max_message_size,
             read_buffer_init_size=2048,
             logger_name="wsgate.picows",
@@ -197,8 +198,6 @@ class Server:
 
     def _http(self, request: WSUpgradeRequest, path: str) -> Any:
         """Plain HTTP GET endpoints served beside the WebSocket path."""
-        if request.method != b"GET":
-            return _error(405, "method not allowed")
         if path == "/health":
             status = 503 if self.node.closing else 200
             body = b"shutting down\n" if status == 503 else b"ok\n"
