@@ -46,7 +46,7 @@ from wsgate.errors import (
 from wsgate.hub import ClientConnection, ConnectionInfo, Hub
 from wsgate.metrics import Metrics
 from wsgate.protocol.codec import DEFAULT_CODEC
-from wsgate.protocol.codes import CloseCode, ErrorCode
+from wsgate.protocol.codes import CloseCode, ErrorCode, is_sendable
 from wsgate.protocol.messages import (
     Call,
     ClientMessage,
@@ -294,7 +294,12 @@ class Node:
         Args:
             code: a close code; backends should use 4500-4999 for their own reasons.
             reason: shown to the client (at most 120 characters are sent).
+
+        Raises:
+            InvalidState: ``code`` cannot be sent in a close frame (RFC 6455 section 7.4).
         """
+        if not is_sendable(code):
+            raise InvalidState(f"close code {code} cannot be sent in a close frame")
         conn = self.hub.get(connection_id)
         if conn is None:
             return False

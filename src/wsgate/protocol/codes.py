@@ -22,7 +22,14 @@ from __future__ import annotations
 
 from enum import IntEnum, StrEnum
 
-__all__ = ["CloseCode", "ErrorCode", "is_application", "is_reconnectable", "is_terminal"]
+__all__ = [
+    "CloseCode",
+    "ErrorCode",
+    "is_application",
+    "is_reconnectable",
+    "is_sendable",
+    "is_terminal",
+]
 
 
 class CloseCode(IntEnum):
@@ -119,3 +126,13 @@ def is_terminal(code: int) -> bool:
 def is_application(code: int) -> bool:
     """True for codes reserved to backends (``disconnect(code=...)``)."""
     return 4500 <= code <= 4999
+
+
+# RFC 6455 section 7.4: 1004 is reserved, 1005, 1006 and 1015 must never be sent,
+# and 1016-2999 belong to future revisions of the protocol.
+_SENDABLE_STANDARD = frozenset({1000, 1001, 1002, 1003, *range(1007, 1015)})
+
+
+def is_sendable(code: int) -> bool:
+    """True when a close frame may carry this code (peers fail the connection otherwise)."""
+    return code in _SENDABLE_STANDARD or 3000 <= code <= 4999

@@ -380,10 +380,16 @@ class Connection(WSListener):
         self.session.closed()
         self._pending.clear()
         self._pending_bytes = 0
+        if self.id:
+            # From now on it can receive nothing: stop addressing it (send, presence,
+            # requests) without waiting for the peer's close frame or the TCP close.
+            self.node.detach(self)
         transport = self.transport
         if transport is None or transport.is_disconnected:
             return
-        transport.send_close(WSCloseCode(code), reason.encode()[:123])
+        # At most 123 bytes of UTF-8 (RFC 6455 section 5.5.1), cut at a character boundary.
+        reason_bytes = reason.encode()[:123].decode("utf-8", "ignore").encode()
+        transport.send_close(WSCloseCode(code), reason_bytes)
         # The peer should answer with its close frame; abort if it does not.
         # A slow or silent peer will not read it: give it one second, not the full timeout.
         grace = 1.0 if code in (CloseCode.SLOW_CONSUMER, CloseCode.KEEPALIVE_TIMEOUT) else None
