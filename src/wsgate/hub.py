@@ -121,6 +121,19 @@ class Hub:
         conn.subscriptions.clear()
         return emptied
 
+    def change_identity(self, conn: ClientConnection, identity: Identity) -> None:
+        """Give a registered connection a new identity, re-indexing it by user."""
+        old_user = conn.user
+        if old_user is not None:
+            conns = self._by_user.get(old_user)
+            if conns is not None:
+                conns.discard(conn)
+                if not conns:
+                    del self._by_user[old_user]
+        conn.identity = identity
+        if identity.user is not None and self._by_id.get(conn.id) is conn:
+            self._by_user.setdefault(identity.user, set()).add(conn)
+
     def get(self, connection_id: str) -> ClientConnection | None:
         """The live connection with this id on this node, if any."""
         return self._by_id.get(connection_id)

@@ -399,6 +399,32 @@ class Node:
             )
         )
 
+    def reauthenticate(
+        self, conn: ClientConnection, identity: Identity, request_id: int | None
+    ) -> None:
+        """Apply a new identity from an ``auth`` on an open connection.
+
+        Allowed: a fresh token for the same user (refresh: new expiry and grants),
+        or a first user token on an anonymous connection. The connection keeps
+        its id; subscriptions the new grants no longer cover are dropped.
+        """
+        if conn.user is not None and identity.user != conn.user:
+            self._error(conn, request_id, ErrorCode.PERMISSION_DENIED, "token is for another user")
+            return
+        if identity.connection_id is not None and identity.connection_id != conn.id:
+            self._error(
+                conn, request_id, ErrorCode.PERMISSION_DENIED, "token claims another connection id"
+            )
+            return
+        self.hub.change_identity(conn, identity)
+        for pattern in [p for p in conn.subscriptions if not identity.can_subscribe(p)]:
+            if self.hub.unsubscribe(conn, pattern):
+                self._spawn(self._broker_unsubscribe(pattern))
+        for pattern in identity.channels:
+            if pattern not in conn.subscriptions:
+                self._subscribe_local(conn, pattern)
+        self._ok(conn, request_id, {"user": identity.user, "subs": sorted(conn.subscriptions)})
+
     def detach(self, conn: ClientConnection) -> None:
         """Forget a connection that closed; fail its in-flight requests."""
         self._forget(conn)

@@ -163,12 +163,45 @@ async def test_messages_sent_before_the_welcome_are_handled_after_it(gw, mint, v
     assert sorted((m["op"], m["id"]) for m in answers) == [("ok", 1), ("pong", 2)]
 
 
-async def test_second_auth_message_is_refused(gw, mint):
+async def test_auth_for_another_user_is_refused(gw, mint):
     client = await gw.connect(mint(user="alice"), via="message")
-    await client.send({"op": "auth", "token": mint(user="mallory")})
-    await client.expect("error", code="already_authenticated")
+    await client.send({"op": "auth", "id": 7, "token": mint(user="mallory")})
+    await client.expect("error", id=7, code="permission_denied")
     info = await gw.node.connection_info(client.cid)
     assert info is not None and info.user == "alice"
+
+
+async def test_token_refresh_extends_expiry_and_replaces_grants(gw, mint):
+    client = await gw.connect(mint(user="alice", subscribe=["a.>", "b.>"], ttl=2), via="message")
+    await client.roundtrip({"op": "sub", "id": 1, "topic": "a.x"})
+    await client.roundtrip({"op": "sub", "id": 2, "topic": "b.x"})
+    await client.send({"op": "auth", "id": 3, "token": mint(user="alice", subscribe=["a.>"])})
+    ok = await client.expect("ok", id=3)
+    assert ok["data"] == {"user": "alice", "subs": ["a.x"]}  # b.x is no longer granted
+    # The old token's expiry no longer applies: still connected after it passes.
+    await asyncio.sleep(scaled(3))
+    await gw.node.publish("a.x", 1)
+    await client.expect("msg", topic="a.x", data=1)
+    await gw.node.publish("b.x", 2)
+    await client.no_message()
+
+
+async def test_bad_token_on_refresh_keeps_the_connection(gw, mint):
+    client = await gw.connect(mint(user="alice"), via="message")
+    await client.send({"op": "auth", "id": 5, "token": "garbage"})
+    await client.expect("error", id=5, code="auth_failed")
+    assert await gw.node.connection_info(client.cid) is not None
+
+
+async def test_anonymous_connection_can_log_in_with_an_auth_message(gateway, mint):
+    gw = await gateway(anonymous=True)
+    client = await gw.connect(None, welcome=False)
+    welcome = await client.expect("welcome")
+    assert welcome.get("user") is None
+    await client.send({"op": "auth", "id": 1, "token": mint(user="alice")})
+    await client.expect("ok", id=1)
+    assert await gw.node.send_to_user("alice", "hi") == 1
+    await client.expect("push", data="hi")
 
 
 async def test_connection_limit_gets_503(gateway, mint):

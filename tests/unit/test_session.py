@@ -49,11 +49,10 @@ def test_only_auth_is_accepted_before_authentication(codec: Codec) -> None:
     )
 
 
-def test_auth_twice_is_rejected_but_not_fatal() -> None:
+def test_auth_on_an_open_session_is_received_for_reauthentication() -> None:
     session = _open()
-    outcome = session.receive(JSON.encode(Auth(token="t")), 0.0)
-    assert isinstance(outcome, Reject)
-    assert outcome.error.code == ErrorCode.ALREADY_AUTHENTICATED
+    outcome = session.receive(JSON.encode(Auth(token="t", id=4)), 0.0)
+    assert outcome == Received(Auth(token="t", id=4))
     assert session.state is State.OPEN
 
 

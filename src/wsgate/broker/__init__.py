@@ -14,15 +14,26 @@ def create_broker(url: str, *, prefix: str = "wsgate") -> Broker:
     """Build the broker a URL names, importing its backend only when asked for.
 
     Args:
-        url: ``memory://`` (one process) or, once available, ``redis://...``.
+        url: ``memory://`` (one process), ``redis://[user:password@]host[:port][/db]``
+            or ``rediss://...`` (Redis over TLS; needs the ``wsgate[redis]`` extra).
         prefix: prefix of every key and channel the broker uses.
 
     Raises:
-        ConfigError: unknown scheme.
+        ConfigError: unknown scheme, a malformed URL, or a missing optional dependency.
     """
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         from wsgate.broker.memory import MemoryBroker  # noqa: PLC0415 - lazy by design
 
         return MemoryBroker()
-    raise ConfigError(f"unsupported broker URL scheme {scheme!r} (supported: memory://)")
+    if scheme in ("redis", "rediss"):
+        try:
+            from wsgate.broker.redis import RedisBroker  # noqa: PLC0415 - lazy by design
+        except ImportError as exc:
+            raise ConfigError(
+                f"the {scheme}:// broker needs redis-py: pip install 'wsgate[redis]' ({exc})"
+            ) from exc
+        return RedisBroker(url, prefix=prefix)
+    raise ConfigError(
+        f"unsupported broker URL scheme {scheme!r} (supported: memory://, redis://, rediss://)"
+    )

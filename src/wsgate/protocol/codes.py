@@ -99,8 +99,8 @@ class ErrorCode(StrEnum):
     """The handler did not answer within the call timeout."""
     TOO_MANY_CALLS = "too_many_calls"
     """The connection already has ``max_inflight_calls`` calls awaiting answers."""
-    ALREADY_AUTHENTICATED = "already_authenticated"
-    """An ``auth`` message arrived on an authenticated connection."""
+    AUTH_FAILED = "auth_failed"
+    """Re-authentication on an open connection failed; the old identity stays."""
     INTERNAL = "internal"
     """An unexpected server error while handling this message."""
 

@@ -57,9 +57,15 @@ class _Message(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="op"):
 
 
 class Auth(_Message, frozen=True, tag="auth"):
-    """Authenticate with a token (when none came with the HTTP upgrade)."""
+    """Authenticate with a token (when none came with the HTTP upgrade).
+
+    On an open connection it re-authenticates: a fresh token for the same user
+    (refresh before expiry), or a first user token on an anonymous connection.
+    With an ``id`` the server answers ``ok`` or ``error``.
+    """
 
     token: Annotated[str, msgspec.Meta(max_length=16384)]
+    id: Id | None = None
 
 
 class Sub(_Message, frozen=True, tag="sub"):

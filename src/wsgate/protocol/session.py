@@ -5,7 +5,8 @@ Rules this file keeps:
 1. A connection starts in ``AUTHENTICATING``; the only message it may send is
    ``auth`` (unless its token came with the HTTP upgrade, in which case the
    server authenticates it without any message).
-2. In ``OPEN``, every client op but ``auth`` is accepted.
+2. In ``OPEN``, every client op is accepted; ``auth`` then re-authenticates
+   (token refresh, or anonymous to user), which the node checks.
 3. Every inbound message is checked, in this order, for size, rate, encoding
    and state; the first failure decides the outcome.
 4. Every error becomes an outcome here and nowhere else: :class:`Close` (the
@@ -21,7 +22,6 @@ not a message      Close                4102 PROTOCOL_ERROR
 unknown op         Reject               ``unknown_op``
 bad fields         Reject               ``bad_request``
 not authenticated  Close                4100 AUTH_FAILED
-auth twice         Reject               ``already_authenticated``
 token expired      Close                4003 TOKEN_EXPIRED
 auth failed        Close                4100 AUTH_FAILED
 not allowed        Close                4101 FORBIDDEN
@@ -161,10 +161,6 @@ class ServerSession:
             if isinstance(message, Auth):
                 return Received(message)
             return Close(CloseCode.AUTH_FAILED, "authenticate first")
-        if isinstance(message, Auth):
-            return Reject(
-                Error(code=ErrorCode.ALREADY_AUTHENTICATED, message="already authenticated")
-            )
         return Received(message)
 
     def opened(self) -> None:

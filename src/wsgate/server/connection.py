@@ -27,8 +27,8 @@ from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 from wsgate.auth import AuthRequest, Identity
 from wsgate.errors import AuthError, TokenExpired
 from wsgate.protocol.codec import Codec
-from wsgate.protocol.codes import CloseCode
-from wsgate.protocol.messages import Auth
+from wsgate.protocol.codes import CloseCode, ErrorCode
+from wsgate.protocol.messages import Auth, Error
 from wsgate.protocol.session import (
     Close,
     Received,
@@ -246,7 +246,9 @@ class Connection(WSListener):
     def _apply(self, outcome: Received | Reject | Close) -> None:
         if isinstance(outcome, Received):
             message = outcome.message
-            if isinstance(message, Auth):
+            if isinstance(message, Auth) and self.authenticated:
+                self.server.spawn(self._reauthenticate(message))
+            elif isinstance(message, Auth):
                 self._early = []
                 self.server.spawn(self._authenticate(message.token, final=True))
             else:
@@ -300,6 +302,26 @@ class Connection(WSListener):
             if self.closing:
                 break
             self._on_message(payload)
+
+    async def _reauthenticate(self, message: Auth) -> None:
+        request = AuthRequest(
+            token=message.token,
+            headers=self._headers,
+            query=self._query,
+            remote_address=self.remote_address,
+        )
+        try:
+            identity = await self.node.authenticate(request)
+            if identity.expires_at is not None and identity.expires_at <= time.time():
+                raise TokenExpired("token expired")
+        except AuthError as exc:
+            self.node.metrics.auth_failures += 1
+            log.info("re-authentication failed for %r: %s", self, exc)
+            error = Error(code=ErrorCode.AUTH_FAILED, message=str(exc)[:120], id=message.id)
+            self.deliver(self.codec.encode(error))
+            return
+        if not self.closing:
+            self.node.reauthenticate(self, identity, message.id)
 
     # -- outbound ---------------------------------------------------------------------
 

@@ -1,0 +1,129 @@
+"""Every Redis key and channel name wsgate uses, built from one prefix.
+
+No other module spells a name: backends call these functions, so the layout
+below is the whole truth about what wsgate puts in Redis. ``{prefix}`` is the
+configured prefix (``broker.prefix``, default :data:`DEFAULT_PREFIX`); one
+Redis server can host several gateways under different prefixes, as long as
+no prefix starts with another one's ``{prefix}:`` (``a`` and ``a:t:x`` would
+overlap; ``a`` and ``b`` do not).
+
+======================  =======================  ===================================
+name                    kind, who subscribes     lifetime
+======================  =======================  ===================================
+``{prefix}:t:{topic}``  pub/sub channel; nodes   none (pub/sub holds no data): a
+                        with a local subscriber  node subscribes it on its first
+                        of exactly ``{topic}``   local subscriber, drops it on the
+                                                 last
+``{prefix}:t:{glob}``   pub/sub *pattern*        same, for wildcard patterns; see
+                        (PSUBSCRIBE); nodes      :func:`pattern_glob`
+                        with a wildcard pattern
+``{prefix}:broadcast``  pub/sub channel; every   from a node's start to its close
+                        node
+``{prefix}:n:{node}``   pub/sub channel; the     from the node's start to its
+                        node ``{node}`` only     close; it also tells that a node
+                                                 id is in use (``PUBSUB NUMSUB``);
+                                                 direct messages will travel here
+======================  =======================  ===================================
+
+There are no keys (stored values) yet: presence and history will add them here,
+each with its TTL in this table.
+
+Topics may contain characters that Redis glob patterns treat specially
+(``?``, ``[``, ``]``, ``\\``; see :func:`wsgate.topics.validate_topic`, which
+only forbids ``*`` and ``>``, whitespace and controls). Channel names are
+literal, so only globs escape them (:func:`glob_escape`).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "broadcast_channel",
+    "glob_escape",
+    "node_inbox",
+    "pattern_glob",
+    "topic_channel",
+    "topic_channel_prefix",
+    "topic_from_channel",
+]
+
+DEFAULT_PREFIX: Final = "wsgate"
+"""The prefix used when none is configured."""
+
+# Characters with a meaning in Redis glob-style patterns (PSUBSCRIBE, KEYS, SCAN
+# MATCH): '*' any string, '?' any one byte, '[...]' a class (with '^' and '-'
+# inside), '\' escapes the next character. Outside a class, escaping these five
+# makes every other character literal (Redis util.c, stringmatchlen).
+_GLOB_SPECIAL: Final = frozenset("*?[]\\")
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a Redis glob that matches exactly ``text``.
+
+    Args:
+        text: any string (a prefix, a topic token).
+
+    Returns:
+        ``text`` with a backslash before every glob metacharacter.
+    """
+    if not any(char in _GLOB_SPECIAL for char in text):
+        return text
+    return "".join("\\" + char if char in _GLOB_SPECIAL else char for char in text)
+
+
+def topic_channel_prefix(prefix: str) -> str:
+    """The start shared by every topic channel name of ``prefix``."""
+    return f"{prefix}:t:"
+
+
+def topic_channel(prefix: str, topic: str) -> str:
+    """The pub/sub channel publications on ``topic`` are published to.
+
+    Args:
+        prefix: the configured prefix.
+        topic: a concrete topic (valid, see :func:`wsgate.topics.validate_topic`).
+    """
+    return f"{prefix}:t:{topic}"
+
+
+def topic_from_channel(prefix: str, channel: str) -> str | None:
+    """The topic of a topic channel name, or None when ``channel`` is not one.
+
+    The inverse of :func:`topic_channel`; the topic is not validated.
+    """
+    start = topic_channel_prefix(prefix)
+    if not channel.startswith(start) or len(channel) == len(start):
+        return None
+    return channel[len(start) :]
+
+
+def pattern_glob(prefix: str, pattern: str) -> str:
+    """The Redis glob a node PSUBSCRIBEs for a wildcard ``pattern``.
+
+    The glob *over-approximates* the pattern: Redis globs have no "one token"
+    wildcard, so both ``*`` (one token) and ``>`` (one or more tokens) become
+    Redis ``*``, which matches any string, dots included. ``orders.*`` becomes
+    ``{prefix}:t:orders.*`` and also matches the channel of ``orders.eu.created``;
+    the broker filters every arrival exactly with :func:`wsgate.topics.matches`.
+    Literal tokens are escaped, so every channel of a topic the pattern matches
+    is matched by the glob (never the other way round).
+
+    Args:
+        prefix: the configured prefix.
+        pattern: a valid pattern (a concrete topic works too, but is better
+            served by :func:`topic_channel` and SUBSCRIBE).
+    """
+    tokens = ["*" if token in ("*", ">") else glob_escape(token) for token in pattern.split(".")]
+    return glob_escape(topic_channel_prefix(prefix)) + ".".join(tokens)
+
+
+def broadcast_channel(prefix: str) -> str:
+    """The channel every node subscribes to for broadcasts."""
+    return f"{prefix}:broadcast"
+
+
+def node_inbox(prefix: str, node_id: str) -> str:
+    """The channel of one node: direct messages, and proof that the node id is taken."""
+    return f"{prefix}:n:{node_id}"
