@@ -2,7 +2,8 @@
 
 * ``gateway(**fields)`` starts a :class:`~wsgate.Node` and :class:`~wsgate.Server`
   on a free port, with the test secret and any config fields changed (by their
-  unique names, see :func:`wsgate.config.replace`); ``gw`` is one started with
+  unique names, see :func:`wsgate.config.replace`); gateways started with the
+  same ``bus=MemoryBus()`` form one in-process cluster; ``gw`` is one started with
   the defaults. Clients opened with ``Gateway.connect`` are closed, then the
   servers stopped, at teardown.
 * ``mint(user, **grants)`` mints a token the gateways accept.
@@ -34,6 +35,7 @@ import pytest
 # pytest's default (prepend) import mode puts tests/ on sys.path for this file.
 from integration._client import Client, connect, scaled
 from wsgate import Node, Server, load_config, mint_token
+from wsgate.broker.memory import MemoryBroker, MemoryBus, MemoryPresence
 from wsgate.config import Config, replace
 
 SECRET = "integration-test-secret-" + "0123456789abcdef" * 2
@@ -78,8 +80,12 @@ async def gateway() -> AsyncIterator[StartGateway]:
     """Factory: ``await gateway(**config_fields)`` starts a gateway on a free port."""
     started: list[Gateway] = []
 
-    async def start(**fields: Any) -> Gateway:
-        node = Node(make_config(**fields))
+    async def start(*, bus: MemoryBus | None = None, **fields: Any) -> Gateway:
+        # Gateways given the same MemoryBus form one in-process cluster.
+        backends: dict[str, Any] = {}
+        if bus is not None:
+            backends = {"broker": MemoryBroker(bus), "presence": MemoryPresence(bus)}
+        node = Node(make_config(**fields), **backends)
         server = Server(node)
         await server.start()
         gateway = Gateway(node, server)

@@ -40,6 +40,7 @@ from wsgate.errors import (
 from wsgate.hub import ConnectionInfo
 from wsgate.node import CallContext, Node
 from wsgate.protocol.codes import CloseCode, ErrorCode
+from wsgate.sdk.backend import Backend, connect_backend
 from wsgate.server import Server
 
 __version__ = "0.1.0"
@@ -49,6 +50,7 @@ __all__ = [
     "AuthError",
     "AuthRequest",
     "Authenticator",
+    "Backend",
     "BrokerError",
     "CallContext",
     "ChainAuthenticator",
@@ -74,6 +76,7 @@ __all__ = [
     "TokenExpired",
     "WsgateError",
     "__version__",
+    "connect_backend",
     "load_config",
     "mint_token",
 ]

@@ -111,6 +111,8 @@ class BrokerConfig:
     """Broker URL: ``memory://`` (one node) or ``redis://host:port/db``."""
     prefix: str = "wsgate"
     """Prefix of every key and channel the node uses in the broker."""
+    presence_lease: float = 15.0
+    """Seconds a node's presence entries outlive its last heartbeat (heartbeat: a third)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +288,7 @@ def _validate(config: Config) -> None:
         ("request_timeout", config.limits.request_timeout),
         ("ping_interval", config.keepalive.ping_interval),
         ("pong_timeout", config.keepalive.pong_timeout),
+        ("presence_lease", config.broker.presence_lease),
     ):
         if seconds <= 0:
             raise ConfigError(f"{name} must be positive, got {seconds}")

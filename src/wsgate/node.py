@@ -32,9 +32,25 @@ from wsgate.auth import (
     Identity,
     JWTAuthenticator,
 )
-from wsgate.broker import Broker, create_broker
+from wsgate.broker import Broker, Presence, Registration, create_broker, create_presence
+from wsgate.cluster import (
+    CONNECTION_LOST,
+    NOT_CONNECTED,
+    TIMEOUT,
+    Deliver,
+    InfoQuery,
+    Kick,
+    PresenceQuery,
+    Request,
+    Response,
+    Router,
+    decode_envelope,
+    encode_envelope,
+    info_to_payload,
+)
 from wsgate.config import Config, load_config
 from wsgate.errors import (
+    BrokerError,
     ConfigError,
     ConnectionLost,
     InvalidState,
@@ -152,6 +168,7 @@ class Node:
         *,
         authenticator: Authenticator | None = None,
         broker: Broker | None = None,
+        presence: Presence | None = None,
     ) -> None:
         self.config = config if config is not None else load_config()
         self.id = self.config.node_id
@@ -163,6 +180,21 @@ class Node:
             if broker is not None
             else create_broker(self.config.broker.broker, prefix=self.config.broker.prefix)
         )
+        cluster = self.config.broker
+        self.presence_backend = (
+            presence
+            if presence is not None
+            else create_presence(
+                cluster.broker, prefix=cluster.prefix, lease=cluster.presence_lease
+            )
+        )
+        self.router = Router(
+            self.broker,
+            self.presence_backend,
+            self.id,
+            request_timeout=self.config.limits.request_timeout,
+        )
+        self._registrations: dict[ClientConnection, Registration] = {}
         self.hub = Hub(self.id)
         self.metrics = Metrics()
         self.metrics.add_gauge("connections", lambda: len(self.hub))
@@ -184,6 +216,7 @@ class Node:
         if self._started:
             return
         await self.broker.start(self.id, self)
+        await self.presence_backend.start(self.id)
         self._started = True
 
     async def stop(self) -> None:
@@ -200,6 +233,8 @@ class Node:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.router.fail_all(ConnectionLost("(node shutting down)"))
+        await self.presence_backend.close()
         await self.broker.close()
         self._started = False
 
@@ -233,17 +268,25 @@ class Node:
         await self.broker.publish(publication)
 
     async def send(self, connection_id: str, data: Any) -> bool:
-        """Send ``data`` to one connection; True when it was queued to a live connection."""
+        """Send ``data`` to one connection on any node.
+
+        Returns:
+            True when it was queued to a live connection (here) or handed to the
+            live node holding it; False when no live connection has the id.
+        """
         conn = self.hub.get(connection_id)
-        if conn is None:
-            return False
         encoded = Encoded(Push(*payload_fields(data)))
-        return self._deliver(conn, encoded)
+        if conn is not None:
+            return self._deliver(conn, encoded)
+        encoded.frame(DEFAULT_CODEC)  # validate before it leaves the process
+        return await self.router.send(connection_id, data)
 
     async def send_to_user(self, user: str, data: Any) -> int:
-        """Send ``data`` to every connection of ``user``; returns how many were reached."""
+        """Send ``data`` to every connection of ``user`` on every node; returns how many."""
         encoded = Encoded(Push(*payload_fields(data)))
-        return sum(self._deliver(conn, encoded) for conn in self.hub.of_user(user))
+        encoded.frame(DEFAULT_CODEC)
+        local = sum(self._deliver(conn, encoded) for conn in self.hub.of_user(user))
+        return local + await self.router.send_to_user(user, data, skip_node=self.id)
 
     async def broadcast(self, data: Any) -> None:
         """Send ``data`` to every connection of the gateway."""
@@ -267,7 +310,11 @@ class Node:
         """
         conn = self.hub.get(connection_id)
         if conn is None:
-            raise NotConnected(connection_id)
+            return await self.router.request(connection_id, data, timeout)
+        return await self._request_local(conn, data, timeout)
+
+    async def _request_local(self, conn: ClientConnection, data: Any, timeout: float | None) -> Any:
+        connection_id = conn.id
         timeout = self.config.limits.request_timeout if timeout is None else timeout
         request_id = next(self._request_ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -302,19 +349,22 @@ class Node:
             raise InvalidState(f"close code {code} cannot be sent in a close frame")
         conn = self.hub.get(connection_id)
         if conn is None:
-            return False
+            return await self.router.disconnect(connection_id, code, reason[:120])
         conn.close(code, reason[:120])
         return True
 
     async def connection_info(self, connection_id: str) -> ConnectionInfo | None:
         """What is known about a connection, or None when it is not connected."""
         conn = self.hub.get(connection_id)
-        return None if conn is None else self.hub.info(conn)
+        if conn is None:
+            return await self.router.connection_info(connection_id)
+        return self.hub.info(conn)
 
     async def presence(self, topic: str) -> list[ConnectionInfo]:
-        """Every connection that would receive a publication on ``topic``."""
+        """Every connection, on every node, that would receive a publication on ``topic``."""
         topics.validate_topic(topic)
-        return [self.hub.info(conn) for conn in self.hub.subscribers(topic)]
+        local = [self.hub.info(conn) for conn in self.hub.subscribers(topic)]
+        return local + await self.router.presence_of(topic, skip_node=self.id)
 
     async def stats(self) -> dict[str, Any]:
         """Counters and gauges of this node."""
@@ -370,12 +420,13 @@ class Node:
         """Authenticate a connection attempt (raises AuthError)."""
         return await self.authenticator.authenticate(request)
 
-    def attach(self, conn: ClientConnection) -> None:
-        """Register an authenticated connection and greet it.
+    async def attach(self, conn: ClientConnection) -> None:
+        """Register an authenticated connection, cluster-wide, and greet it.
 
-        Takes over any older connection with the same id (which is closed with
-        ``4103 TAKEN_OVER``), makes the identity's default subscriptions, and
-        queues ``welcome``.
+        Takes over any older connection with the same id, here or on another
+        node (it is closed with ``4103 TAKEN_OVER``), makes the identity's
+        default subscriptions, and queues ``welcome`` once the connection is
+        addressable from every node and its default subscriptions are active.
         """
         previous = self.hub.add(conn)
         if previous is not None:
@@ -385,8 +436,25 @@ class Node:
             self._forget(previous)
             previous.close(CloseCode.TAKEN_OVER, "taken over by a newer connection")
         self.metrics.connections_accepted += 1
-        for pattern in conn.identity.channels:
-            self._subscribe_local(conn, pattern)
+        registration = Registration(conn.id, self.id, conn.user, secrets.token_hex(8))
+        self._registrations[conn] = registration
+        pending = [self._subscribe_local(conn, pattern) for pattern in conn.identity.channels]
+        replaced = await self.presence_backend.register(registration)
+        if replaced is not None and replaced.node != self.id:
+            self.metrics.takeovers += 1
+            log.info("connection %s taken over from node %s", conn.id, replaced.node)
+            try:
+                await self.router.kick(
+                    replaced, CloseCode.TAKEN_OVER, "taken over by a newer connection"
+                )
+            except BrokerError as exc:
+                log.warning("could not close the replaced connection %s: %s", conn.id, exc)
+        waits = [asyncio.shield(future) for future in pending if future is not None]
+        for outcome in await asyncio.gather(*waits, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                log.warning("default subscription of %s failed: %s", conn.id, outcome)
+        if self.hub.get(conn.id) is not conn:
+            return  # taken over while registering: no welcome
         conn.deliver(
             conn.codec.encode(
                 Welcome(
@@ -416,7 +484,13 @@ class Node:
                 conn, request_id, ErrorCode.PERMISSION_DENIED, "token claims another connection id"
             )
             return
+        old_user = conn.user
         self.hub.change_identity(conn, identity)
+        registration = self._registrations.get(conn)
+        if registration is not None and identity.user != old_user:
+            registration = Registration(conn.id, self.id, identity.user, registration.token)
+            self._registrations[conn] = registration
+            self._spawn(self.presence_backend.register(registration))
         for pattern in [p for p in conn.subscriptions if not identity.can_subscribe(p)]:
             if self.hub.unsubscribe(conn, pattern):
                 self._spawn(self._broker_unsubscribe(pattern))
@@ -462,6 +536,9 @@ class Node:
         return True
 
     def _forget(self, conn: ClientConnection) -> None:
+        registration = self._registrations.pop(conn, None)
+        if registration is not None:
+            self._spawn(self._unregister(registration))
         for pattern in self.hub.remove(conn):
             self._spawn(self._broker_unsubscribe(pattern))
         for request_id in list(conn.pending_requests):
@@ -469,6 +546,84 @@ class Node:
             if entry is not None and not entry[1].done():
                 entry[1].set_exception(ConnectionLost(conn.id))
         conn.pending_requests.clear()
+
+    async def _unregister(self, registration: Registration) -> None:
+        await self.presence_backend.unregister(registration)
+        # A newer local connection with the same id may have registered before this
+        # one's registration landed; make sure the cluster points at the live one.
+        current = self.hub.get(registration.connection_id)
+        current_registration = None if current is None else self._registrations.get(current)
+        if current_registration is not None:
+            await self.presence_backend.register(current_registration)
+
+    # -- inbox (direct traffic from other processes) ----------------------------------
+
+    def on_direct(self, data: bytes) -> None:
+        """Act on an envelope sent to this node's inbox (called by the broker)."""
+        envelope = decode_envelope(data)
+        if envelope is None:
+            return
+        if isinstance(envelope, Response):
+            self.router.on_response(envelope)
+        elif isinstance(envelope, Deliver):
+            encoded = Encoded(Push(*payload_fields(envelope.payload)))
+            for cid in envelope.cids:
+                conn = self.hub.get(cid)
+                if conn is not None:
+                    self._deliver(conn, encoded)
+        elif isinstance(envelope, Request):
+            self._spawn(self._serve_request(envelope))
+        elif isinstance(envelope, Kick):
+            self._on_kick(envelope)
+        elif isinstance(envelope, InfoQuery):
+            conn = self.hub.get(envelope.cid)
+            info = None if conn is None else info_to_payload(self.hub.info(conn))
+            self._respond(envelope.reply_to, Response(envelope.rid, info))
+        elif isinstance(envelope, PresenceQuery):
+            infos = [
+                info_to_payload(self.hub.info(c)) for c in self.hub.subscribers(envelope.topic)
+            ]
+            self._respond(envelope.reply_to, Response(envelope.rid, infos))
+
+    def _on_kick(self, kick: Kick) -> None:
+        conn = self.hub.get(kick.cid)
+        if conn is None:
+            return
+        registration = self._registrations.get(conn)
+        if kick.token is not None and (registration is None or registration.token != kick.token):
+            return  # meant for an instance that is already gone
+        if kick.code == CloseCode.TAKEN_OVER:
+            log.info("connection %s taken over by a connection on another node", conn.id)
+        conn.close(kick.code, kick.reason)
+
+    async def _serve_request(self, request: Request) -> None:
+        conn = self.hub.get(request.cid)
+        try:
+            if conn is None:
+                raise NotConnected(request.cid)
+            response = Response(
+                request.rid, await self._request_local(conn, request.payload, request.timeout)
+            )
+        except NotConnected:
+            response = Response(request.rid, error=NOT_CONNECTED)
+        except RequestTimeout:
+            response = Response(request.rid, error=TIMEOUT)
+        except ConnectionLost:
+            response = Response(request.rid, error=CONNECTION_LOST)
+        except RemoteError as exc:
+            response = Response(
+                request.rid, error=exc.code, message=exc.remote_message, data=exc.data
+            )
+        await self._send_response(request.reply_to, response)
+
+    def _respond(self, inbox: str, response: Response) -> None:
+        self._spawn(self._send_response(inbox, response))
+
+    async def _send_response(self, inbox: str, response: Response) -> None:
+        try:
+            await self.broker.send_direct(inbox, encode_envelope(response))
+        except BrokerError as exc:
+            log.warning("could not answer %s: %s", inbox, exc)
 
     def _spawn(self, coro: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
         task = asyncio.get_running_loop().create_task(coro)

@@ -122,6 +122,7 @@ class Recorder:
         self.name = name
         self.publications: list[tuple[str, Any]] = []
         self.broadcasts: list[Any] = []
+        self.direct: list[bytes] = []
         self.fences: list[int] = []
         self._changed = asyncio.Event()
 
@@ -137,6 +138,10 @@ class Recorder:
             self.fences.append(payload[FENCE])
         else:
             self.broadcasts.append(payload)
+        self._changed.set()
+
+    def on_direct(self, data: bytes) -> None:
+        self.direct.append(data)
         self._changed.set()
 
     @property

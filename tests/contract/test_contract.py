@@ -295,3 +295,18 @@ async def test_changing_overlapping_patterns_mid_stream_delivers_each_once(
     # Only while s.> is briefly gone (and nothing else matches) may one be missed.
     assert len(payloads) >= 250
     assert payloads == sorted(payloads)
+
+
+async def test_direct_messages_reach_only_their_inbox(broker_factory: Medium) -> None:
+    a, b, c = await broker_factory(3)
+    assert await a.broker.send_direct(b.id, b"\x00for b") is True
+    await b.rec.wait_until(lambda: b.rec.direct == [b"\x00for b"], "direct message")
+    await broker_factory.settle()
+    assert a.rec.direct == [] and c.rec.direct == []
+
+
+async def test_direct_message_to_an_unknown_inbox_reports_false(broker_factory: Medium) -> None:
+    a, b = await broker_factory(2)
+    assert await a.broker.send_direct("no-such-node", b"x") is False
+    await b.broker.close()
+    assert await a.broker.send_direct(b.id, b"x") is False

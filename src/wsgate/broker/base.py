@@ -8,11 +8,30 @@ patterns. Backends are picked by URL in :func:`wsgate.broker.create_broker`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from wsgate.publication import Publication
 
-__all__ = ["Broker", "BrokerHandler"]
+__all__ = ["Broker", "BrokerHandler", "Presence", "Registration"]
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """Where a connection lives.
+
+    Attributes:
+        connection_id: the connection's id (server-assigned or claimed).
+        node: the id of the node holding it.
+        user: its user, if any.
+        token: unique per connection instance, so that removing an old entry
+            never removes a newer connection that took over the same id.
+    """
+
+    connection_id: str
+    node: str
+    user: str | None
+    token: str
 
 
 class BrokerHandler(Protocol):
@@ -24,6 +43,10 @@ class BrokerHandler(Protocol):
 
     def on_broadcast(self, payload: Any) -> None:
         """A broadcast to every connection arrived."""
+        ...
+
+    def on_direct(self, data: bytes) -> None:
+        """A message addressed to this participant's inbox arrived (an envelope)."""
         ...
 
     def __hash__(self) -> int:
@@ -57,4 +80,60 @@ class Broker(Protocol):
 
     async def broadcast(self, payload: Any) -> None:
         """Hand a payload to every node, for every connection."""
+        ...
+
+    async def send_direct(self, inbox: str, data: bytes) -> bool:
+        """Hand ``data`` to the participant started with id ``inbox``.
+
+        Returns:
+            True when a live participant has that inbox; False when none does
+            (so the caller can fail fast instead of waiting for a timeout).
+        """
+        ...
+
+
+@runtime_checkable
+class Presence(Protocol):
+    """Which node holds which connection, cluster-wide, under node leases.
+
+    Entries written by a node live only as long as its lease: a node that dies
+    without closing leaves nothing once the lease expires, and a backend that
+    loses its data (restart, FLUSHALL) is repaired by re-registration at the
+    next heartbeat.
+    """
+
+    async def start(self, node_id: str | None) -> None:
+        """Connect; with a node id, also take and keep renewing that node's lease.
+
+        Backend processes that only look things up pass None.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Drop this node's entries and lease (graceful stop); idempotent."""
+        ...
+
+    async def register(self, registration: Registration) -> Registration | None:
+        """Record a connection; the newest registration of an id wins.
+
+        Returns:
+            The registration it replaced (another node's or an older instance on
+            this node), which the caller must close (takeover); None otherwise.
+        """
+        ...
+
+    async def unregister(self, registration: Registration) -> bool:
+        """Remove a registration only if it is still the current one (compare-and-delete)."""
+        ...
+
+    async def locate(self, connection_id: str) -> Registration | None:
+        """The live registration of a connection id, if any."""
+        ...
+
+    async def locate_user(self, user: str) -> list[Registration]:
+        """Every live registration of a user's connections."""
+        ...
+
+    async def nodes(self) -> list[str]:
+        """The ids of the nodes holding a live lease."""
         ...

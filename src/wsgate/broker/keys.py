@@ -25,8 +25,34 @@ name                    kind, who subscribes     lifetime
                                                  direct messages will travel here
 ======================  =======================  ===================================
 
-There are no keys (stored values) yet: presence and history will add them here,
-each with its TTL in this table.
+Keys (stored values) carry a TTL, so that nothing outlives the node that
+wrote it by more than its lease (history will add its keys here, each with its
+TTL). Presence (:mod:`wsgate.broker.redis_presence`) writes these; ``{lease}``
+is the writing node's lease, renewed by its heartbeat every ``{lease}/3``:
+
+=============================  ===========================  ============================
+name                           type, holds                  lifetime (TTL)
+=============================  ===========================  ============================
+``{prefix}:c:{connection}``    string: the registration,    ``PX {lease}`` of the node
+                               ``node US token``, then      holding it, renewed by its
+                               ``US user`` if it has one    heartbeat; deleted by
+                               (US: the byte ``\\x1f``;      ``unregister`` only while it
+                               the user is last, so it      is still that registration
+                               may hold any character)      (compare-and-delete)
+``{prefix}:u:{user}``          sorted set: the user's       at least ``PX {lease}`` of
+                               connection ids, scored by    the latest writer (never
+                               the expiry (ms, Redis        shortened); members whose
+                               ``TIME``) of their entry;    score has passed are trimmed
+                               an index only: readers       at each write
+                               check each ``c:`` entry
+``{prefix}:node:{node}``       string: a token of the       ``PX {lease}``, renewed by
+                               node's running instance      the heartbeat; deleted by
+                               (the node's lease)           ``close``
+``{prefix}:nodes``             sorted set: node ids,        at least ``PX {lease}`` of
+                               scored by their lease's      the latest writer; passed
+                               expiry (ms); readers check   members are trimmed at each
+                               each ``node:`` key           heartbeat
+=============================  ===========================  ============================
 
 Topics may contain characters that Redis glob patterns treat specially
 (``?``, ``[``, ``]``, ``\\``; see :func:`wsgate.topics.validate_topic`, which
@@ -44,6 +70,11 @@ __all__ = [
     "glob_escape",
     "node_inbox",
     "pattern_glob",
+    "presence_connection",
+    "presence_node",
+    "presence_nodes",
+    "presence_user",
+    "presence_user_prefix",
     "topic_channel",
     "topic_channel_prefix",
     "topic_from_channel",
@@ -127,3 +158,28 @@ def broadcast_channel(prefix: str) -> str:
 def node_inbox(prefix: str, node_id: str) -> str:
     """The channel of one node: direct messages, and proof that the node id is taken."""
     return f"{prefix}:n:{node_id}"
+
+
+def presence_connection(prefix: str, connection_id: str) -> str:
+    """The key holding where a connection lives (its registration)."""
+    return f"{prefix}:c:{connection_id}"
+
+
+def presence_user_prefix(prefix: str) -> str:
+    """The start of every user index key (scripts append a user id to it)."""
+    return f"{prefix}:u:"
+
+
+def presence_user(prefix: str, user: str) -> str:
+    """The key indexing the connection ids of one user."""
+    return presence_user_prefix(prefix) + user
+
+
+def presence_node(prefix: str, node_id: str) -> str:
+    """The key holding a node's lease (the token of its running instance)."""
+    return f"{prefix}:node:{node_id}"
+
+
+def presence_nodes(prefix: str) -> str:
+    """The key indexing the ids of the nodes that hold (or recently held) a lease."""
+    return f"{prefix}:nodes"

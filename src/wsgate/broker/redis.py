@@ -171,6 +171,8 @@ class RedisBrokerStats:
     """Extra copies of a publication matched by several of this node's patterns."""
     broadcasts: int = 0
     """Broadcasts handed to the handler."""
+    direct: int = 0
+    """Inbox (direct) messages handed to the handler."""
     decode_errors: int = 0
     """Messages whose envelope could not be decoded (skipped)."""
     handler_errors: int = 0
@@ -398,6 +400,18 @@ class RedisBroker:
         """
         await self._publish(self._broadcast, _encode("", payload))
 
+    async def send_direct(self, inbox: str, data: bytes) -> bool:
+        """PUBLISH to a participant's inbox channel.
+
+        Returns:
+            True when a live participant subscribes that inbox (PUBLISH reached one).
+
+        Raises:
+            BrokerError: Redis failed (``temporary=True`` when unreachable).
+            InvalidState: the broker is not started, or closed.
+        """
+        return await self._publish(keys.node_inbox(self._prefix, inbox), data) > 0
+
     # -- commands ---------------------------------------------------------------------
 
     def _check_running(self) -> None:
@@ -411,12 +425,12 @@ class RedisBroker:
             return (_GLOB, keys.pattern_glob(self._prefix, pattern))
         return (_CHANNEL, keys.topic_channel(self._prefix, pattern))
 
-    async def _publish(self, channel: str, data: bytes) -> None:
+    async def _publish(self, channel: str, data: bytes) -> int:
         self._check_running()
         redis = self._redis
         assert redis is not None
         try:
-            await redis.publish(channel, data)
+            return int(await redis.publish(channel, data))
         except (RedisError, OSError) as exc:
             raise _broker_error(f"publish to Redis at {self._where} failed", exc) from exc
 
@@ -594,7 +608,9 @@ class RedisBroker:
             channel = _text(message["channel"])
             if channel == self._broadcast:
                 self._on_broadcast(message["data"])
-            elif channel != self._inbox:  # the inbox carries nothing yet
+            elif channel == self._inbox:
+                self._on_direct(message["data"])
+            else:
                 self._on_topic((_CHANNEL, channel), channel, message["data"])
         elif kind in _CONFIRMATIONS:
             subscribed, key_kind = _CONFIRMATIONS[kind]
@@ -670,6 +686,17 @@ class RedisBroker:
         except Exception:
             self.stats.handler_errors += 1
             log.exception("broker handler failed on a broadcast")
+
+    def _on_direct(self, data: Any) -> None:
+        handler = self._handler
+        if handler is None or not isinstance(data, bytes):
+            return
+        self.stats.direct += 1
+        try:
+            handler.on_direct(data)
+        except Exception:
+            self.stats.handler_errors += 1
+            log.exception("broker handler failed on a direct message")
 
     def _decode(self, data: Any) -> _Envelope | None:
         try:

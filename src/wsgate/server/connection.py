@@ -296,7 +296,9 @@ class Connection(WSListener):
         self.identity = identity
         self.id = identity.connection_id or self.node.new_connection_id()
         self.session.opened()
-        self.node.attach(self)
+        await self.node.attach(self)
+        if self.closing:
+            return
         early, self._early = self._early or [], None
         for payload in early:
             if self.closing:
