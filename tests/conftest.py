@@ -22,6 +22,7 @@ import contextlib
 import itertools
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -33,6 +34,7 @@ from typing import Any
 import pytest
 
 # pytest's default (prepend) import mode puts tests/ on sys.path for this file.
+from contract._media import RedisServer
 from integration._client import Client, connect, scaled
 from wsgate import Node, Server, load_config, mint_token
 from wsgate.broker.memory import MemoryBroker, MemoryBus, MemoryPresence
@@ -192,3 +194,24 @@ def wsgate_serve(
                 await asyncio.to_thread(proc.wait, scaled(10))
 
     yield serve
+
+
+# -- redis-server ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server for the whole session (restart it with stop() + start())."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        pytest.fail(
+            "redis-server is not on PATH; the broker contract suite needs a real Redis: "
+            "run `make system-deps` or `apt-get install -y redis-server`",
+            pytrace=False,
+        )
+    server = RedisServer(executable, tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

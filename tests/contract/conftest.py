@@ -9,6 +9,10 @@
   a key prefix unique to the test) on which ``await broker_factory(n)`` starts
   ``n`` brokers, each with a :class:`Recorder` as its handler. Everything
   started is closed at teardown. ``redis_medium`` is the Redis one alone.
+* ``presence_factory`` is parametrized the same way for the presence suite:
+  ``await presence_factory("n1")`` starts a presence as node ``n1`` (``None``:
+  read-only) on one medium (:mod:`contract._presence`); ``redis_presence_medium``
+  is the Redis one alone.
 * ``await broker_factory.settle()`` broadcasts a fence from a live broker and waits
   until every live broker has it: whatever was published before has arrived
   by then (Redis delivers one connection's messages in order), so tests can
@@ -19,30 +23,12 @@ Times are in seconds scaled by ``WSGATE_TEST_TIME_SCALE`` (:func:`scaled`).
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
 from contract._media import Medium, MemoryMedium, RedisMedium, RedisServer
-
-
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A real redis-server for the whole session (restart it with stop() + start())."""
-    executable = shutil.which("redis-server")
-    if executable is None:
-        pytest.fail(
-            "redis-server is not on PATH; the broker contract suite needs a real Redis: "
-            "run `make system-deps` or `apt-get install -y redis-server`",
-            pytrace=False,
-        )
-    server = RedisServer(executable, tmp_path_factory.mktemp("redis"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+from contract._presence import MemoryPresenceMedium, PresenceMedium, RedisPresenceMedium
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -66,6 +52,35 @@ async def broker_factory(request: pytest.FixtureRequest) -> AsyncIterator[Medium
 async def redis_medium(redis_server: RedisServer) -> AsyncIterator[RedisMedium]:
     """A Redis medium only, for the tests of Redis-specific behaviour."""
     medium = RedisMedium(redis_server)
+    try:
+        yield medium
+    finally:
+        await medium.aclose()
+
+
+# -- presence -------------------------------------------------------------------------
+# (Media in contract._presence: a MemoryBus, or the session's Redis under a per-test
+# prefix; ``await presence_factory("n1")`` starts a presence as node n1, ``None`` a
+# read-only participant; all are closed at teardown.)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def presence_factory(request: pytest.FixtureRequest) -> AsyncIterator[PresenceMedium]:
+    """A presence medium of each backend (Redis: the session server, a per-test prefix)."""
+    if request.param == "memory":
+        medium: PresenceMedium = MemoryPresenceMedium()
+    else:
+        medium = RedisPresenceMedium(request.getfixturevalue("redis_server"))
+    try:
+        yield medium
+    finally:
+        await medium.aclose()
+
+
+@pytest.fixture
+async def redis_presence_medium(redis_server: RedisServer) -> AsyncIterator[RedisPresenceMedium]:
+    """A Redis presence medium only, for the tests of leases, repair and outages."""
+    medium = RedisPresenceMedium(redis_server)
     try:
         yield medium
     finally:
