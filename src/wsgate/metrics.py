@@ -34,6 +34,7 @@ _HELP: dict[str, str] = {
     "calls": "Client calls received",
     "call_errors": "Client calls answered with an error",
     "encode_errors": "Payloads that could not be encoded for a client's encoding",
+    "broker_errors": "Publications, broadcasts and direct messages the broker failed to take",
 }
 
 
@@ -67,6 +68,7 @@ class Metrics:
     calls: int
     call_errors: int
     encode_errors: int
+    broker_errors: int
 
     def add_gauge(self, name: str, read: Callable[[], float]) -> None:
         """Expose a value read at render time (connections, subscriptions, ...)."""

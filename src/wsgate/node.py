@@ -265,7 +265,12 @@ class Node:
         publication = Publication(topic, data)
         publication.frame(DEFAULT_CODEC)  # fail here, not in the middle of fan-out
         self.metrics.publications += 1
-        await self.broker.publish(publication)
+        try:
+            await self.broker.publish(publication)
+        except BrokerError as exc:
+            self.metrics.broker_errors += 1
+            log.warning("publication to %s not delivered: %s", topic, exc)
+            raise
 
     async def send(self, connection_id: str, data: Any) -> bool:
         """Send ``data`` to one connection on any node.
@@ -291,7 +296,12 @@ class Node:
     async def broadcast(self, data: Any) -> None:
         """Send ``data`` to every connection of the gateway."""
         Encoded(Push(*payload_fields(data))).frame(DEFAULT_CODEC)  # validate early
-        await self.broker.broadcast(data)
+        try:
+            await self.broker.broadcast(data)
+        except BrokerError as exc:
+            self.metrics.broker_errors += 1
+            log.warning("broadcast not delivered: %s", exc)
+            raise
 
     async def request(self, connection_id: str, data: Any, timeout: float | None = None) -> Any:
         """Send a request to one connection and await its reply.
