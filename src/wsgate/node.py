@@ -260,6 +260,8 @@ class Node:
         Raises:
             InvalidTopic: ``topic`` is not a concrete, well-formed topic.
             TypeError: ``data`` cannot be encoded.
+            BrokerError: the broker could not take it; this node's own subscribers
+                got it, other nodes' did not (counted in ``broker_errors``).
         """
         topics.validate_topic(topic)
         publication = Publication(topic, data)
@@ -268,8 +270,10 @@ class Node:
         try:
             await self.broker.publish(publication)
         except BrokerError as exc:
+            # Local subscribers still get it; other nodes could not, and the caller is told.
+            self.on_publication(publication)
             self.metrics.broker_errors += 1
-            log.warning("publication to %s not delivered: %s", topic, exc)
+            log.warning("publication to %s reached this node only: %s", topic, exc)
             raise
 
     async def send(self, connection_id: str, data: Any) -> bool:
@@ -299,8 +303,9 @@ class Node:
         try:
             await self.broker.broadcast(data)
         except BrokerError as exc:
+            self.on_broadcast(data)
             self.metrics.broker_errors += 1
-            log.warning("broadcast not delivered: %s", exc)
+            log.warning("broadcast reached this node only: %s", exc)
             raise
 
     async def request(self, connection_id: str, data: Any, timeout: float | None = None) -> Any:

@@ -208,3 +208,19 @@ async def test_delivery_resumes_after_redis_restarts(cluster, redis_server):
         )
     await subscriber.expect("push", data="back")
     await subscriber.close()
+
+
+async def test_local_traffic_flows_while_redis_is_down(gateway, redis_server, mint):
+    gw = await gateway(broker=redis_server.url, prefix="t" + uuid.uuid4().hex[:10])
+    client = await gw.connect(mint(user="u", subscribe=["local"], connection_id="dev-9"))
+    await client.roundtrip({"op": "sub", "id": 1, "topic": "local"})
+    redis_server.stop()
+    try:
+        with pytest.raises(wsgate.BrokerError):
+            await gw.node.publish("local", "still here")
+        await client.expect("msg", topic="local", data="still here")
+        assert gw.node.metrics.broker_errors == 1
+        assert await gw.node.send("dev-9", "direct") is True
+        await client.expect("push", data="direct")
+    finally:
+        redis_server.start()
