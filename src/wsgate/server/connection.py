@@ -83,7 +83,12 @@ class Flusher:
         self._scheduled = False
         dirty, self._dirty = self._dirty, []
         for conn in dirty:
-            conn.flush()
+            try:
+                conn.flush()
+            except Exception:
+                # One broken transport must not leave the others unflushed.
+                log.exception("write to %r failed; dropping the connection", conn)
+                conn.abort()
 
 
 class Connection(WSListener):
@@ -344,7 +349,11 @@ class Connection(WSListener):
         """Write the queue with one call (called by the flusher)."""
         self._dirty = False
         pending = self._pending
-        if self._paused or not pending or (self.closing and self._raw is None):
+        if self._paused or not pending:
+            return
+        if self.closing or self.transport is None or self.transport.is_close_frame_sent:
+            self._pending.clear()  # nothing may follow a close frame (RFC 6455 5.5.1)
+            self._pending_bytes = 0
             return
         self._pending = []
         self._pending_bytes = 0
