@@ -25,6 +25,7 @@ from wsgate.errors import (
     AuthError,
     BrokerError,
     ConfigError,
+    ConnectionClosed,
     ConnectionLost,
     DeliveryError,
     InvalidState,
@@ -41,6 +42,7 @@ from wsgate.hub import ConnectionInfo
 from wsgate.node import CallContext, Node
 from wsgate.protocol.codes import CloseCode, ErrorCode
 from wsgate.sdk.backend import Backend, connect_backend
+from wsgate.sdk.client import Client, ClientState, SyncClient, connect, connect_sync
 from wsgate.server import Server
 
 __version__ = "0.1.0"
@@ -54,9 +56,12 @@ __all__ = [
     "BrokerError",
     "CallContext",
     "ChainAuthenticator",
+    "Client",
+    "ClientState",
     "CloseCode",
     "Config",
     "ConfigError",
+    "ConnectionClosed",
     "ConnectionInfo",
     "ConnectionLost",
     "DeliveryError",
@@ -73,10 +78,13 @@ __all__ = [
     "RemoteError",
     "RequestTimeout",
     "Server",
+    "SyncClient",
     "TokenExpired",
     "WsgateError",
     "__version__",
+    "connect",
     "connect_backend",
+    "connect_sync",
     "load_config",
     "mint_token",
 ]

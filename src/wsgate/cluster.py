@@ -12,6 +12,15 @@ found through :class:`~wsgate.broker.Presence`::
     inbox A <----------------------------------------- Response{rid, payload}
     future[rid] resolved; a Response for an unknown rid is dropped (late)
 
+A client ``call`` that no in-process handler serves travels the same way, to
+whichever backend worker takes it from the broker's call queue::
+
+    node (client's)                    broker                    backend worker
+    expecting() -> rid
+    enqueue_call("orders", CallJob{rid, reply_to=node, deadline}) --> queue
+                                                            (load-balanced) --> handler
+    inbox node <------------------------------------------------ Response{rid, ...}
+
 One reply inbox per process and correlation ids: no blocking broker call per
 request and no matching by arrival order. :class:`Router` implements the
 backend verbs for targets on *other* nodes; a node adds its local fast paths in
@@ -21,8 +30,10 @@ front of it, and the backend SDK uses it as is.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -34,6 +45,7 @@ from wsgate.hub import ConnectionInfo
 from wsgate.publication import Publication
 
 __all__ = [
+    "CallJob",
     "Deliver",
     "Envelope",
     "InfoQuery",
@@ -108,7 +120,24 @@ class PresenceQuery(_Envelope, frozen=True, tag="p"):
     reply_to: str
 
 
-Envelope = Deliver | Request | Response | Kick | InfoQuery | PresenceQuery
+class CallJob(_Envelope, frozen=True, tag="c"):
+    """A client call for a backend worker; answered to ``reply_to`` with a Response.
+
+    ``deadline`` is unix time (the caller's clock): after it nobody waits for
+    the answer, so a worker skips the job.
+    """
+
+    method: str
+    cid: str
+    rid: int
+    reply_to: str
+    deadline: float
+    payload: Any = None
+    user: str | None = None
+    meta: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+Envelope = Deliver | Request | Response | Kick | InfoQuery | PresenceQuery | CallJob
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Envelope)
@@ -298,6 +327,19 @@ class Router:
         return infos
 
     # -- responses --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def expecting(self) -> Iterator[tuple[int, asyncio.Future[Response]]]:
+        """A fresh correlation id and the future its Response resolves, while in the block.
+
+        Send something carrying the id with ``reply_to`` set to :attr:`inbox`;
+        once the block ends, a Response for the id is dropped as late.
+        """
+        rid, future = self._expect()
+        try:
+            yield rid, future
+        finally:
+            self._pending.pop(rid, None)
 
     def on_response(self, response: Response) -> None:
         """Resolve the waiting request; a response nobody waits for is dropped."""

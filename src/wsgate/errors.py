@@ -18,7 +18,8 @@ Subclasses say who is at fault::
     │   ├── RequestTimeout       the peer did not answer in time
     │   ├── RemoteError          the peer answered with an error
     │   └── ConnectionLost       the connection went away while a request was in flight
-    └── BrokerError              the broker failed (``temporary`` says whether to retry)
+    ├── BrokerError              the broker failed (``temporary`` says whether to retry)
+    └── ConnectionClosed         (client SDK) the gateway closed and the client will not reconnect
 
 Protocol and auth errors carry the close or error code they map to; that mapping
 happens in exactly one place, :mod:`wsgate.protocol.session`.
@@ -32,6 +33,7 @@ __all__ = [
     "AuthError",
     "BrokerError",
     "ConfigError",
+    "ConnectionClosed",
     "ConnectionLost",
     "DeliveryError",
     "InvalidMessage",
@@ -160,3 +162,20 @@ class BrokerError(WsgateError):
     def __init__(self, message: str, *, temporary: bool) -> None:
         super().__init__(message)
         self.temporary = temporary
+
+
+class ConnectionClosed(WsgateError):
+    """The client SDK's connection ended and the client does not reconnect.
+
+    Raised by the client's iterators and calls after a terminal or application
+    close code (docs/protocol.md section 9), or any failure with reconnecting off.
+
+    Attributes:
+        code: the close code; 1006 when no close frame came or the upgrade failed.
+        reason: the close reason, for people: act on the code.
+    """
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(f"connection closed with code {code}" + (f": {reason}" if reason else ""))
+        self.code = code
+        self.reason = reason

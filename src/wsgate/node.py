@@ -37,6 +37,7 @@ from wsgate.cluster import (
     CONNECTION_LOST,
     NOT_CONNECTED,
     TIMEOUT,
+    CallJob,
     Deliver,
     InfoQuery,
     Kick,
@@ -789,13 +790,6 @@ class Node:
                 conn, message.id, ErrorCode.PERMISSION_DENIED, f"may not call {message.method}"
             )
             return
-        handler = self._methods.get(message.method)
-        if handler is None:
-            self.metrics.call_errors += 1
-            self._error(
-                conn, message.id, ErrorCode.UNKNOWN_METHOD, f"no handler for {message.method}"
-            )
-            return
         if conn.inflight_calls >= self.config.limits.max_inflight_calls:
             self.metrics.call_errors += 1
             self._error(
@@ -806,7 +800,16 @@ class Node:
             )
             return
         conn.inflight_calls += 1
-        self._spawn(self._run_call(conn, message, handler))
+        handler = self._methods.get(message.method)
+        if handler is None:
+            # No handler in this process: a backend worker may serve the method.
+            self._spawn(self._run_remote_call(conn, message))
+        else:
+            self._spawn(self._run_call(conn, message, handler))
+
+    def _call_timeout(self, message: Call) -> float:
+        limit = self.config.limits.call_timeout
+        return min(message.timeout, limit) if message.timeout else limit
 
     async def _run_call(
         self, conn: ClientConnection, message: Call, handler: MethodHandler
@@ -819,8 +822,7 @@ class Node:
     async def _answer_call(
         self, conn: ClientConnection, message: Call, handler: MethodHandler
     ) -> None:
-        limit = self.config.limits.call_timeout
-        timeout = min(message.timeout, limit) if message.timeout else limit
+        timeout = self._call_timeout(message)
         context = CallContext(
             method=message.method,
             data=payload_of(message),
@@ -852,3 +854,66 @@ class Node:
             self._error(conn, message.id, ErrorCode.METHOD_ERROR, "method failed")
         else:
             self._ok(conn, message.id, result)
+
+    async def _run_remote_call(self, conn: ClientConnection, message: Call) -> None:
+        try:
+            await self._answer_remote_call(conn, message)
+        finally:
+            conn.inflight_calls -= 1
+
+    async def _answer_remote_call(self, conn: ClientConnection, message: Call) -> None:
+        """Queue the call for the workers of its namespace and relay the first answer.
+
+        A later answer to the same call (processed twice after a worker died) finds
+        no waiter and is dropped by the router as late.
+        """
+        timeout = self._call_timeout(message)
+        namespace = message.method.split(".", 1)[0]
+        with self.router.expecting() as (rid, future):
+            try:
+                job = CallJob(
+                    method=message.method,
+                    cid=conn.id,
+                    rid=rid,
+                    reply_to=self.router.inbox,
+                    deadline=time.time() + timeout,
+                    payload=payload_of(message),
+                    user=conn.user,
+                    meta=dict(conn.identity.meta),
+                )
+                async with asyncio.timeout(timeout):
+                    if not await self.broker.enqueue_call(namespace, encode_envelope(job)):
+                        self.metrics.call_errors += 1
+                        self._error(
+                            conn,
+                            message.id,
+                            ErrorCode.UNKNOWN_METHOD,
+                            f"no handler for {message.method}",
+                        )
+                        return
+                    response = await future
+            except TimeoutError:
+                self.metrics.call_errors += 1
+                self._error(
+                    conn, message.id, ErrorCode.TIMEOUT, f"no worker answered within {timeout:g} s"
+                )
+                return
+            except (TypeError, BrokerError, ConnectionLost) as exc:
+                self.metrics.call_errors += 1
+                log.warning("call of %s not forwarded to a worker: %s", message.method, exc)
+                self._error(conn, message.id, ErrorCode.INTERNAL, "call failed, retry later")
+                return
+        if response.error is None:
+            self._ok(conn, message.id, response.payload)
+            return
+        self.metrics.call_errors += 1
+        conn.deliver(
+            conn.codec.encode(
+                Error(
+                    code=response.error,
+                    message=response.message,
+                    id=message.id,
+                    data=response.data,
+                )
+            )
+        )

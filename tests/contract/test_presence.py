@@ -233,6 +233,28 @@ async def test_a_live_node_id_is_refused_until_closed(
     await redis_presence_medium("n1")
 
 
+async def test_only_a_node_writes_and_only_its_own_registrations(
+    redis_presence_medium: RedisPresenceMedium,
+) -> None:
+    reader = await redis_presence_medium(None)
+    with pytest.raises(InvalidState):
+        await reader.register(reg("c1", "n1"))
+    with pytest.raises(InvalidState):
+        await reader.unregister(reg("c1", "n1"))
+    a = await redis_presence_medium("n1")
+    with pytest.raises(InvalidState):
+        await a.register(reg("c1", "n2"))
+    with pytest.raises(InvalidState):
+        await a.register(Registration("c1", "n1", None, "bad\x1ftoken"))
+    with pytest.raises(InvalidState):
+        await redis_presence_medium("bad\x1fnode")
+    await a.close()
+    assert await a.register(reg("c1", "n1")) is None  # after close: nothing, quietly
+    assert await a.unregister(reg("c1", "n1")) is False
+    with pytest.raises(InvalidState):
+        await a.locate("c1")
+
+
 async def test_a_killed_nodes_entries_and_keys_expire_with_its_lease(
     redis_presence_medium: RedisPresenceMedium,
 ) -> None:
@@ -250,8 +272,7 @@ async def test_a_killed_nodes_entries_and_keys_expire_with_its_lease(
         found = [await alive.locate(cid) for cid in ("c1", "c2", "c3")]
         return found == [None] * 3 and await alive.nodes() == ["alive"]
 
-    took = await eventually(gone, "expired", timeout=LEASE + SLACK)
-    assert took <= LEASE + SLACK
+    await eventually(gone, "expired", timeout=LEASE + SLACK)
     assert await alive.locate_user("alice") == [survivor]
     assert await alive.locate_user("carol") == []
     # No ghost keys: Redis deleted them (TTL), not just the readers' filter.
@@ -288,7 +309,6 @@ async def test_flushall_is_repaired_within_one_heartbeat(
     for r in registrations:
         await (a if r.node == "n1" else b).register(r)
     await medium.raw.flushall()
-    assert await reader.nodes() == []
 
     async def repaired() -> bool:
         return (
@@ -395,7 +415,7 @@ async def test_a_redis_restart_is_repaired(
 
 
 async def test_writes_during_a_partition_land_on_recovery(
-    redis_presence_medium: RedisPresenceMedium, proxy: Proxy
+    proxy: Proxy, redis_presence_medium: RedisPresenceMedium
 ) -> None:
     """Redis keeps its data while one node cannot reach it (deferred writes matter)."""
     medium = redis_presence_medium
@@ -457,35 +477,30 @@ async def test_round_trips_per_operation(redis_presence_medium: RedisPresenceMed
 
 
 async def test_a_heartbeat_for_10000_connections_is_a_few_round_trips(
-    redis_presence_medium: RedisPresenceMedium, proxy: Proxy
+    redis_presence_medium: RedisPresenceMedium, restart_guard: RedisServer
 ) -> None:
-    """Seeded during a partition (one by one, 10,000 registers take ~5 s here)."""
+    """Seeded while Redis is down: one by one, 10,000 registers take ~5 s here."""
     medium = redis_presence_medium
-    a = as_redis(await medium("n1", lease=LEASE, url=proxy.url))
+    lease = scaled(3.0)  # a 10,000-entry heartbeat must fit well inside it on slow machines
+    a = as_redis(await medium("n1", lease=lease))
     registrations = [reg(f"c{i}", "n1", f"user{i % 100}") for i in range(10_000)]
-
-    async def evalsha_calls() -> int:
-        calls: int = (await medium.raw.info("commandstats"))["cmdstat_evalsha"]["calls"]
-        return calls
-
-    proxy.cut()
+    restart_guard.stop()
     for r in registrations:
         assert await a.register(r) is None
-    scripts = await evalsha_calls()
-    proxy.heal()
-    await eventually(holds(lambda: a.online), "recovered", timeout=HEARTBEAT + SLACK)
-    # The recovery wrote them all in batches: 20 calls of 500, and the lease.
-    assert await evalsha_calls() - scripts <= 10_000 // 500 + 1
+    restart_guard.start()
+    await eventually(holds(lambda: a.online), "recovered", timeout=lease / 3 + SLACK)
     assert await a.locate("c9999") == registrations[-1]
 
+    async def script_calls() -> int:  # successful ones (a NOSCRIPT is a failed call)
+        stats = (await medium.raw.info("commandstats")).get("cmdstat_evalsha", {})
+        return int(stats.get("calls", 0)) - int(stats.get("failed_calls", 0))
+
+    trips, scripts = a.stats.round_trips, await script_calls()
     target = a.stats.heartbeats + 1
-    await eventually(holds(lambda: a.stats.heartbeats >= target), "a beat", HEARTBEAT + SLACK)
-    trips, scripts = a.stats.round_trips, await evalsha_calls()
-    target += 1
-    await eventually(holds(lambda: a.stats.heartbeats >= target), "a beat", HEARTBEAT + SLACK)
+    await eventually(holds(lambda: a.stats.heartbeats >= target), "a beat", lease / 3 + SLACK)
     assert a.stats.round_trips - trips <= 3  # 10,000 / (500 per call * 10 per trip), lease
-    assert await evalsha_calls() - scripts <= 10_000 // 500 + 1
-    assert a.stats.repaired == 0  # a steady beat renews, re-creates nothing
+    assert await script_calls() - scripts <= 10_000 // 500 + 1
+    assert a.stats.repaired == 0  # a steady beat renews, it re-creates nothing
     assert await a.locate_user("user7") == sorted(
         (r for r in registrations if r.user == "user7"), key=lambda r: r.connection_id
     )

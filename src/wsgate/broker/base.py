@@ -4,16 +4,40 @@ A :class:`Broker` moves publications between nodes by interest: a node
 subscribes a pattern only while one of its clients wants it (the hub counts),
 and the broker hands it back every publication whose topic matches one of its
 patterns. Backends are picked by URL in :func:`wsgate.broker.create_broker`.
+
+It also queues client ``call``s for backend *workers*: :meth:`Broker.enqueue_call`
+hands a call to the workers of its method's namespace, load-balanced, and
+:meth:`Broker.serve_calls` is one worker's loop. A call is taken at least
+once: one picked up by a worker that dies before finishing it is handed to
+another live worker, so a handler may (rarely) run twice for one call; the
+node keeps the first answer and drops the other.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 from wsgate.publication import Publication
 
-__all__ = ["Broker", "BrokerHandler", "Presence", "Registration"]
+__all__ = [
+    "CALLS_IN_FLIGHT",
+    "CALL_BACKLOG",
+    "Broker",
+    "BrokerHandler",
+    "CallHandler",
+    "Presence",
+    "Registration",
+]
+
+CallHandler = Callable[[bytes], Awaitable[None]]
+"""What a worker runs for each queued call envelope (see :meth:`Broker.serve_calls`)."""
+
+CALLS_IN_FLIGHT: Final = 64
+"""Calls one worker loop handles concurrently, by default."""
+CALL_BACKLOG: Final = 10_000
+"""Calls queued per namespace, about, before the oldest are dropped (they time out)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +112,58 @@ class Broker(Protocol):
         Returns:
             True when a live participant has that inbox; False when none does
             (so the caller can fail fast instead of waiting for a timeout).
+        """
+        ...
+
+    async def enqueue_call(self, namespace: str, data: bytes) -> bool:
+        """Queue a call envelope for the workers of ``namespace``.
+
+        Args:
+            namespace: the first dotted token of the called method (``orders``).
+            data: the envelope, handed as is to one worker's ``handle``.
+
+        Returns:
+            True when it was queued; False when no live worker serves the
+            namespace (nothing is queued, so the caller can answer at once).
+
+        Raises:
+            BrokerError: the broker failed (``temporary=True`` when unreachable).
+            InvalidState: the broker is not started, or closed.
+        """
+        ...
+
+    async def serve_calls(
+        self,
+        namespace: str,
+        worker_id: str,
+        handle: CallHandler,
+        *,
+        claim_after: float,
+        max_in_flight: int = CALLS_IN_FLIGHT,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        """Be one worker of ``namespace`` until cancelled.
+
+        Hands every queued envelope to ``handle`` (at most ``max_in_flight``
+        at a time) and acknowledges it when ``handle`` returns or raises; the
+        worker is live (``enqueue_call`` returns True) while this runs. An
+        envelope taken by a worker that stopped without acknowledging it (a
+        crash, or this coroutine cancelled while ``handle`` runs: ``handle``
+        is cancelled too) goes to another live worker: at once in one
+        process, after ``claim_after`` seconds without news of the dead
+        worker across processes. Temporary broker outages are retried.
+
+        Args:
+            namespace: the method namespace served.
+            worker_id: unique among the workers of the namespace.
+            handle: called with each envelope.
+            claim_after: seconds after which an envelope of a silent worker
+                is handed to another one.
+            max_in_flight: concurrent ``handle`` calls at most.
+            on_ready: called once, when the worker is first live.
+
+        Raises:
+            InvalidState: the broker is not started, or was closed.
         """
         ...
 

@@ -54,6 +54,26 @@ name                           type, holds                  lifetime (TTL)
                                each ``node:`` key           heartbeat
 =============================  ===========================  ============================
 
+Client ``call``s served by backend workers (:mod:`wsgate.broker.redis_calls`);
+``{namespace}`` is a method's first dotted token (``orders`` for
+``orders.create``), ``{lease}`` the worker lease (about 3 s, renewed every
+second or faster):
+
+================================  ============================  ============================
+name                              type, holds                   lifetime (TTL)
+================================  ============================  ============================
+``{prefix}:calls:{namespace}``    stream: one entry per call    ``PX`` one hour, renewed by
+                                  (field ``d``: the envelope)   every worker heartbeat;
+                                  in the consumer group         entries are deleted once
+                                  :data:`CALL_GROUP`, one       acknowledged; ``XADD`` trims
+                                  consumer per worker id        it to about 10,000 entries
+``{prefix}:workers:{namespace}``  sorted set: live worker ids,  at least ``PX {lease}`` of
+                                  scored by their lease's       the latest writer; passed
+                                  expiry (ms, Redis ``TIME``)   members are trimmed at each
+                                                                heartbeat; a stopping worker
+                                                                removes itself
+================================  ============================  ============================
+
 Topics may contain characters that Redis glob patterns treat specially
 (``?``, ``[``, ``]``, ``\\``; see :func:`wsgate.topics.validate_topic`, which
 only forbids ``*`` and ``>``, whitespace and controls). Channel names are
@@ -65,8 +85,11 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "CALL_GROUP",
     "DEFAULT_PREFIX",
     "broadcast_channel",
+    "call_stream",
+    "call_workers",
     "glob_escape",
     "node_inbox",
     "pattern_glob",
@@ -82,6 +105,8 @@ __all__ = [
 
 DEFAULT_PREFIX: Final = "wsgate"
 """The prefix used when none is configured."""
+CALL_GROUP: Final = "workers"
+"""The consumer group of every call stream (each worker is one consumer in it)."""
 
 # Characters with a meaning in Redis glob-style patterns (PSUBSCRIBE, KEYS, SCAN
 # MATCH): '*' any string, '?' any one byte, '[...]' a class (with '^' and '-'
@@ -183,3 +208,13 @@ def presence_node(prefix: str, node_id: str) -> str:
 def presence_nodes(prefix: str) -> str:
     """The key indexing the ids of the nodes that hold (or recently held) a lease."""
     return f"{prefix}:nodes"
+
+
+def call_stream(prefix: str, namespace: str) -> str:
+    """The stream queuing the calls of one method namespace for its workers."""
+    return f"{prefix}:calls:{namespace}"
+
+
+def call_workers(prefix: str, namespace: str) -> str:
+    """The key indexing the live workers of one method namespace (their leases)."""
+    return f"{prefix}:workers:{namespace}"

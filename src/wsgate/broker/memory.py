@@ -4,24 +4,43 @@ A :class:`MemoryBus` is the shared medium; every :class:`MemoryBroker` attached
 to the same bus sees the others' publications (tests use this to run several
 nodes in one process). Delivery is synchronous: a publication reaches every
 matching node's handler before :meth:`MemoryBroker.publish` returns.
+
+Calls for workers wait in one :class:`asyncio.Queue` per namespace on the bus
+(at most :data:`~wsgate.broker.base.CALL_BACKLOG`; the oldest goes first
+when it is full). At-least-once is simple in one process: a worker cannot die
+without the whole process, so the only "death" is its
+:meth:`~MemoryBroker.serve_calls` being cancelled, and then the calls it had
+not finished go back to the queue at once (``claim_after`` is not needed).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
 from typing import Any
 
-from wsgate.broker.base import BrokerHandler, Registration
+from wsgate.broker.base import (
+    CALL_BACKLOG,
+    CALLS_IN_FLIGHT,
+    BrokerHandler,
+    CallHandler,
+    Registration,
+)
 from wsgate.errors import InvalidState
 from wsgate.publication import Publication
 from wsgate.topics import TopicTrie
 
 __all__ = ["MemoryBroker", "MemoryBus", "MemoryPresence"]
 
+log = logging.getLogger("wsgate.broker.memory")
+
 
 class MemoryBus:
     """The medium shared by the memory brokers of one process."""
 
-    __slots__ = ("connections", "handlers", "nodes", "topics", "users")
+    __slots__ = ("calls", "connections", "handlers", "nodes", "topics", "users", "workers")
 
     def __init__(self) -> None:
         self.topics: TopicTrie[BrokerHandler] = TopicTrie()
@@ -29,6 +48,15 @@ class MemoryBus:
         self.connections: dict[str, Registration] = {}
         self.users: dict[str, set[str]] = {}
         self.nodes: set[str] = set()
+        self.calls: dict[str, asyncio.Queue[bytes]] = {}
+        self.workers: dict[str, int] = {}  # namespace -> live workers
+
+    def call_queue(self, namespace: str) -> asyncio.Queue[bytes]:
+        """The queue of the calls waiting for a worker of ``namespace``."""
+        queue = self.calls.get(namespace)
+        if queue is None:
+            queue = self.calls[namespace] = asyncio.Queue(CALL_BACKLOG)
+        return queue
 
 
 class MemoryBroker:
@@ -43,6 +71,7 @@ class MemoryBroker:
         self._handler: BrokerHandler | None = None
         self._node_id: str | None = None
         self._patterns: set[str] = set()
+        self._closed: asyncio.Future[None] | None = None  # resolved by close()
 
     async def start(self, node_id: str, handler: BrokerHandler) -> None:
         if node_id in self._bus.handlers:
@@ -61,6 +90,8 @@ class MemoryBroker:
         if self._node_id is not None:
             self._bus.handlers.pop(self._node_id, None)
         self._handler = None
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)  # ends this broker's worker loops
 
     async def subscribe(self, pattern: str) -> None:
         if self._handler is None:
@@ -88,6 +119,91 @@ class MemoryBroker:
     async def broadcast(self, payload: Any) -> None:
         for handler in list(self._bus.handlers.values()):
             handler.on_broadcast(payload)
+
+    async def enqueue_call(self, namespace: str, data: bytes) -> bool:
+        self._check_started()
+        if not self._bus.workers.get(namespace):
+            return False
+        queue = self._bus.call_queue(namespace)
+        if queue.full():  # like the Redis stream's trimming: the oldest goes
+            queue.get_nowait()
+        queue.put_nowait(data)
+        return True
+
+    async def serve_calls(
+        self,
+        namespace: str,
+        worker_id: str,
+        handle: CallHandler,
+        *,
+        claim_after: float,
+        max_in_flight: int = CALLS_IN_FLIGHT,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        self._check_started()
+        if self._closed is None:
+            self._closed = asyncio.get_running_loop().create_future()
+        closed = self._closed
+        bus = self._bus
+        queue = bus.call_queue(namespace)
+        slots = asyncio.Semaphore(max_in_flight)
+        running: dict[asyncio.Task[None], bytes] = {}
+
+        def finished(task: asyncio.Task[None]) -> None:
+            running.pop(task, None)
+            slots.release()
+
+        bus.workers[namespace] = bus.workers.get(namespace, 0) + 1
+        try:
+            if on_ready is not None:
+                on_ready()
+            while True:
+                await slots.acquire()
+                if closed.done():
+                    raise InvalidState("broker is closed")
+                if queue.empty():
+                    getter = asyncio.ensure_future(queue.get())
+                    waits: list[asyncio.Future[Any]] = [getter, closed]
+                    try:
+                        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        if not getter.done():
+                            getter.cancel()
+                    if not getter.done() or getter.cancelled():
+                        raise InvalidState("broker is closed")
+                    data = getter.result()
+                else:
+                    data = queue.get_nowait()
+                task = asyncio.create_task(_handle_call(handle, data, namespace))
+                running[task] = data
+                task.add_done_callback(finished)
+                # Let the other workers take the next call: a burst is shared out.
+                await asyncio.sleep(0)
+        finally:
+            count = bus.workers.get(namespace, 0) - 1
+            if count > 0:
+                bus.workers[namespace] = count
+            else:
+                bus.workers.pop(namespace, None)
+            # This worker "died": what it had not finished goes to another one.
+            unfinished = [task for task in running if not task.done()]
+            for task in unfinished:
+                task.cancel()
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.put_nowait(running[task])
+            if unfinished:
+                await asyncio.wait(unfinished)
+
+    def _check_started(self) -> None:
+        if self._handler is None:
+            raise InvalidState("broker is not started")
+
+
+async def _handle_call(handle: CallHandler, data: bytes, namespace: str) -> None:
+    try:
+        await handle(data)
+    except Exception:
+        log.exception("a worker of %s failed on a call", namespace)
 
 
 class MemoryPresence:

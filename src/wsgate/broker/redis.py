@@ -65,6 +65,10 @@ state. Publications sent during the outage are lost (at-most-once);
 node id whose inbox already has a subscriber on this Redis and prefix. That is
 a check, not a lock: two nodes starting at the same instant can both pass.
 
+**Calls for workers** (:meth:`RedisBroker.enqueue_call`,
+:meth:`RedisBroker.serve_calls`) use streams and the command connections, not
+pub/sub; see :mod:`wsgate.broker.redis_calls`.
+
 **Envelope.** Between nodes a publication travels as MessagePack
 ``[topic, payload]`` (broadcasts with topic ``""``): bytes stay bytes,
 JSON-compatible values stay values. An undecodable message is counted
@@ -96,7 +100,8 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from wsgate.broker import keys
-from wsgate.broker.base import BrokerHandler
+from wsgate.broker.base import CALLS_IN_FLIGHT, BrokerHandler, CallHandler
+from wsgate.broker.redis_calls import RedisCalls
 from wsgate.errors import BrokerError, ConfigError, InvalidState
 from wsgate.publication import Publication
 from wsgate.topics import TopicTrie, is_pattern, validate_pattern
@@ -251,6 +256,13 @@ class RedisBroker:
         self._topic_start = keys.topic_channel_prefix(prefix)
         self._broadcast = keys.broadcast_channel(prefix)
         self.stats = RedisBrokerStats()
+        self._calls = RedisCalls(
+            self._command_client,
+            prefix,
+            self._where,
+            reconnect_base=reconnect_base,
+            reconnect_cap=reconnect_cap,
+        )
 
         self._redis: Redis | None = None
         self._pubsub: PubSub | None = None
@@ -412,6 +424,45 @@ class RedisBroker:
         """
         return await self._publish(keys.node_inbox(self._prefix, inbox), data) > 0
 
+    async def enqueue_call(self, namespace: str, data: bytes) -> bool:
+        """Queue a call for the workers of ``namespace`` (one script, one round trip).
+
+        Returns:
+            True when queued; False when no worker of the namespace is live.
+
+        Raises:
+            BrokerError: Redis failed (``temporary=True`` when unreachable).
+            InvalidState: the broker is not started, or closed.
+        """
+        try:
+            return await self._calls.enqueue(namespace, data)
+        except (RedisError, OSError) as exc:
+            raise _broker_error(f"queueing a call in Redis at {self._where} failed", exc) from exc
+
+    async def serve_calls(
+        self,
+        namespace: str,
+        worker_id: str,
+        handle: CallHandler,
+        *,
+        claim_after: float,
+        max_in_flight: int = CALLS_IN_FLIGHT,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        """Be one worker of ``namespace`` until cancelled (see :mod:`wsgate.broker.redis_calls`).
+
+        Raises:
+            InvalidState: the broker is not started, or was closed.
+        """
+        await self._calls.serve(
+            namespace,
+            worker_id,
+            handle,
+            claim_after=claim_after,
+            max_in_flight=max_in_flight,
+            on_ready=on_ready,
+        )
+
     # -- commands ---------------------------------------------------------------------
 
     def _check_running(self) -> None:
@@ -419,6 +470,11 @@ class RedisBroker:
             raise InvalidState("broker is closed")
         if self._handler is None:
             raise InvalidState("broker is not started")
+
+    def _command_client(self) -> Redis:
+        self._check_running()
+        assert self._redis is not None
+        return self._redis
 
     def _key(self, pattern: str) -> _Key:
         if is_pattern(pattern):

@@ -16,10 +16,12 @@ indexes (scored by expiry, trimmed at each write, their own TTL never below
 the lease of their latest writer); readers check every hit against the TTL'd
 key it names, so an index member never outlives its entry in an answer.
 
-**Writes are Lua scripts**, atomic, and batched (``BATCH`` registrations per
-call, ``PIPELINE`` calls per round trip), so a heartbeat for 10,000
-connections costs two round trips; ``register`` and ``unregister`` one each;
-``locate_user`` and ``nodes`` two (the index, then ``MGET``), ``locate`` one.
+**Writes are Lua scripts** (:mod:`wsgate.broker.redis_presence_lua`, with the
+stored value format), atomic, and batched (``BATCH`` registrations per call,
+``PIPELINE`` calls per round trip), so a heartbeat for 10,000 connections costs
+two round trips; ``register`` and ``unregister`` one each; ``locate_user`` and
+``nodes`` two (the index, then ``MGET``), ``locate`` one. After a Redis restart
+the first write loads the scripts again (one more round trip).
 
 * ``register``: newest wins. The script swaps the entry and, when the user
   changed, removes the id from the replaced user's index (built from the
@@ -55,13 +57,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import random
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -75,6 +76,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from wsgate.broker import keys
 from wsgate.broker.base import Registration
+from wsgate.broker.redis_presence_lua import SCRIPTS, SEPARATOR, Script, decode, encode
 from wsgate.errors import BrokerError, ConfigError, InvalidState
 
 __all__ = ["RedisPresence", "RedisPresenceStats"]
@@ -97,145 +99,13 @@ PIPELINE: Final = 10
 """Script calls per round trip."""
 
 _SCHEMES: Final = ("redis", "rediss", "unix")
-_US: Final = "\x1f"  # separates node, token and user in a stored registration
-
-_PRELUDE: Final = r"""
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
--- A registration is 'node US token', then 'US user' when it has one (US: \31).
-local function user_of(value)
-  local a = string.find(value, '\31', 1, true)
-  local b = a and string.find(value, '\31', a + 1, true)
-  if not b then return nil end
-  return string.sub(value, b + 1)
-end
--- List cid in a user's index until its entry expires; never shorten the index.
-local function index(ukey, cid, now, lease)
-  redis.call('ZADD', ukey, now + lease, cid)
-  redis.call('ZREMRANGEBYSCORE', ukey, '-inf', now)
-  if redis.call('PTTL', ukey) < lease then redis.call('PEXPIRE', ukey, lease) end
-end
-"""
-# Batch scripts: KEYS holds, per registration, its c: key then (with a user) its
-# u: key; ARGV a fixed head, then per registration its value and connection id.
-_REGISTER: Final = r"""
--- ARGV head: lease ms, user key prefix. Newest wins; returns each replaced value
--- (false: none, or the same registration).
-local lease, now, out, k = tonumber(ARGV[1]), now_ms(), {}, 1
-for i = 3, #ARGV, 2 do
-  local value, cid = ARGV[i], ARGV[i + 1]
-  local ckey, user = KEYS[k], user_of(value)
-  k = k + 1
-  local old = redis.call('GET', ckey)
-  redis.call('SET', ckey, value, 'PX', lease)
-  local old_user = old and user_of(old)
-  if old_user and old_user ~= user then redis.call('ZREM', ARGV[2] .. old_user, cid) end
-  if user then
-    index(KEYS[k], cid, now, lease)
-    k = k + 1
-  end
-  if old == value then out[#out + 1] = false else out[#out + 1] = old end
-end
-return out
-"""
-_ASSERT: Final = r"""
--- ARGV head: lease ms. Write back where absent or still this registration, never
--- over another. Returns per registration 0 renewed, 1 re-created, 2 replaced.
-local lease, now, out, k = tonumber(ARGV[1]), now_ms(), {}, 1
-for i = 2, #ARGV, 2 do
-  local value, cid = ARGV[i], ARGV[i + 1]
-  local ckey, ukey = KEYS[k], nil
-  k = k + 1
-  if user_of(value) then
-    ukey = KEYS[k]
-    k = k + 1
-  end
-  local cur = redis.call('GET', ckey)
-  if cur and cur ~= value then
-    out[#out + 1] = 2
-  else
-    redis.call('SET', ckey, value, 'PX', lease)
-    if ukey then index(ukey, cid, now, lease) end
-    if cur then out[#out + 1] = 0 else out[#out + 1] = 1 end
-  end
-end
-return out
-"""
-_DELETE: Final = r"""
--- No ARGV head. Compare-and-delete; returns per registration 1 removed, 0 not current.
-local out, k = {}, 1
-for i = 1, #ARGV, 2 do
-  local value, cid = ARGV[i], ARGV[i + 1]
-  local ckey, ukey = KEYS[k], nil
-  k = k + 1
-  if user_of(value) then
-    ukey = KEYS[k]
-    k = k + 1
-  end
-  if redis.call('GET', ckey) == value then
-    redis.call('DEL', ckey)
-    if ukey then redis.call('ZREM', ukey, cid) end
-    out[#out + 1] = 1
-  else
-    out[#out + 1] = 0
-  end
-end
-return out
-"""
-_LEASE: Final = r"""
--- KEYS: node key, nodes index. ARGV: instance token, lease ms, node id.
--- Returns {0, remaining ms} when another instance holds it, {1, 0} renewed, {2, 0} taken.
-local cur = redis.call('GET', KEYS[1])
-if cur and cur ~= ARGV[1] then return {0, redis.call('PTTL', KEYS[1])} end
-local lease, now = tonumber(ARGV[2]), now_ms()
-redis.call('SET', KEYS[1], ARGV[1], 'PX', lease)
-redis.call('ZADD', KEYS[2], now + lease, ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-if redis.call('PTTL', KEYS[2]) < lease then redis.call('PEXPIRE', KEYS[2], lease) end
-if cur then return {1, 0} end
-return {2, 0}
-"""
-_RELEASE: Final = r"""
--- KEYS: node key, nodes index. ARGV: instance token, node id.
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  redis.call('ZREM', KEYS[2], ARGV[2])
-  return 1
-end
-return 0
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class _Script:
-    source: str
-    sha: str
-
-    @classmethod
-    def of(cls, body: str) -> _Script:
-        source = _PRELUDE + body
-        return cls(source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
-
-
-_SCRIPTS: Final = {
-    name: _Script.of(body)
-    for name, body in [
-        ("register", _REGISTER),
-        ("assert", _ASSERT),
-        ("delete", _DELETE),
-        ("lease", _LEASE),
-        ("release", _RELEASE),
-    ]
-}
 
 
 @dataclass(frozen=True, slots=True)
 class _Call:
     """One script call, and the registrations it carries (in result order)."""
 
-    script: _Script
+    script: Script
     keys: list[bytes]
     args: list[bytes | int]
     registrations: Sequence[Registration] = ()
@@ -293,21 +163,6 @@ class _Gate:
 
 def _b(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
-
-
-def _encode(registration: Registration) -> bytes:
-    text = registration.node + _US + registration.token
-    if registration.user is not None:
-        text += _US + registration.user
-    return _b(text)
-
-
-def _decode(connection_id: str, value: bytes) -> Registration | None:
-    try:
-        node, token, *user = value.decode("utf-8", "surrogatepass").split(_US, 2)
-    except (UnicodeDecodeError, ValueError):
-        return None  # not written by wsgate
-    return Registration(connection_id, node, user[0] if user else None, token)
 
 
 def _broker_error(what: str, exc: BaseException) -> BrokerError:
@@ -376,6 +231,7 @@ class RedisPresence:
         self._closed = False
         self._online = False
         self._outage_since: float | None = None
+        self._repaired_before = 0  # stats.repaired when the outage began
         self._lease_lost = False
         self._last_write = 0.0  # monotonic time of the last write known to have landed
         self._wake = asyncio.Event()  # cuts the heartbeat's sleep short (outage seen)
@@ -410,7 +266,7 @@ class RedisPresence:
             raise InvalidState("presence is closed")
         if self._redis is not None:
             raise InvalidState("presence is already started")
-        if node_id is not None and (not node_id or _US in node_id):
+        if node_id is not None and (not node_id or SEPARATOR in node_id):
             raise InvalidState(f"invalid node id {node_id!r}")
         pool = BlockingConnectionPool.from_url(
             self._url,
@@ -460,7 +316,7 @@ class RedisPresence:
         await self._stop_heartbeat()
         try:
             if self._node is not None and self._redis is not None:
-                async with self._gate.exclusive():  # in-flight writes land first
+                async with self._gate.exclusive():  # writes in flight land first
                     await self._leave()
         except (RedisError, OSError) as exc:
             log.warning(
@@ -472,7 +328,8 @@ class RedisPresence:
                 self._lease,
             )
         finally:
-            await self._disconnect()
+            async with self._gate.exclusive():
+                await self._disconnect()
 
     async def abandon(self) -> None:
         """Stop as a killed process would: no heartbeat, no cleanup, disconnected.
@@ -484,7 +341,8 @@ class RedisPresence:
             return
         self._closing = True
         await self._stop_heartbeat()
-        await self._disconnect()
+        async with self._gate.exclusive():  # writes in flight finish (or fail) first
+            await self._disconnect()
 
     async def _leave(self) -> None:
         node = self._node
@@ -493,7 +351,7 @@ class RedisPresence:
         calls = self._calls("delete", registrations, [])
         calls.append(
             _Call(
-                _SCRIPTS["release"],
+                SCRIPTS["release"],
                 [_b(keys.presence_node(self._prefix, node)), _b(keys.presence_nodes(self._prefix))],
                 [_b(self._instance), _b(node)],
             )
@@ -503,9 +361,15 @@ class RedisPresence:
 
     async def _stop_heartbeat(self) -> None:
         task, self._heartbeat = self._heartbeat, None
-        if task is not None:
+        if task is None:
+            return
+        self._wake.set()
+        # On Python 3.11, redis-py can lose a cancellation: its writes go through
+        # asyncio.wait_for, which returns the result of a write completing as the
+        # cancellation arrives (fixed in 3.12). The loop also stops on _closing.
+        while not task.done():
             task.cancel()
-            await asyncio.wait([task])
+            await asyncio.wait([task], timeout=0.1)
 
     async def _disconnect(self) -> None:
         self._closed = True
@@ -532,12 +396,10 @@ class RedisPresence:
             InvalidState: not started, started without a node id, or the
                 registration names another node or has ``\\x1f`` in its token.
         """
-        self._require_started()
-        if self._node is None:
-            raise InvalidState("a presence started without a node id cannot register")
+        self._require_node()
         if registration.node != self._node:
             raise InvalidState(f"registration of node {registration.node!r} on {self._node!r}")
-        if _US in registration.token:
+        if SEPARATOR in registration.token:
             raise InvalidState("a registration token cannot contain \\x1f")
         async with self._gate.shared():
             if self._closing:
@@ -558,7 +420,7 @@ class RedisPresence:
                 self._defer(registration)
                 raise
         self._last_write = time.monotonic()
-        return None if old is None else _decode(cid, old)
+        return None if old is None else decode(cid, old)
 
     async def unregister(self, registration: Registration) -> bool:
         """Remove a registration only while it is the current one (compare-and-delete).
@@ -568,9 +430,9 @@ class RedisPresence:
             this node's current registration (the removal is applied on recovery).
 
         Raises:
-            InvalidState: not started.
+            InvalidState: not started, or started without a node id.
         """
-        self._require_started()
+        self._require_node()
         async with self._gate.shared():
             if self._closing:
                 return False
@@ -604,7 +466,7 @@ class RedisPresence:
         redis = self._client()
         name = keys.presence_connection(self._prefix, connection_id)
         value = await self._lookup(redis.get(_b(name)))
-        return None if value is None else _decode(connection_id, value)
+        return None if value is None else decode(connection_id, value)
 
     async def locate_user(self, user: str) -> list[Registration]:
         """Every live registration of a user, sorted by connection id (two round trips).
@@ -622,7 +484,7 @@ class RedisPresence:
         cids = [member.decode("utf-8", "surrogatepass") for member in members]
         names = [_b(keys.presence_connection(self._prefix, cid)) for cid in cids]
         values: list[bytes | None] = await self._lookup(redis.mget(names))
-        found = (_decode(cid, v) for cid, v in zip(cids, values, strict=True) if v is not None)
+        found = (decode(cid, v) for cid, v in zip(cids, values, strict=True) if v is not None)
         # The index may lag (a member whose entry moved to another user or expired).
         return sorted((r for r in found if r and r.user == user), key=lambda r: r.connection_id)
 
@@ -646,9 +508,14 @@ class RedisPresence:
 
     # -- commands ---------------------------------------------------------------------
 
-    def _require_started(self) -> None:
-        if self._redis is None and not self._closing:
+    def _require_node(self) -> None:
+        """Writes need a started node (after close they do nothing)."""
+        if self._closing:
+            return
+        if self._redis is None:
             raise InvalidState("presence is not started")
+        if self._node is None:
+            raise InvalidState("a presence started without a node id only looks up")
 
     def _client(self) -> Redis:
         if self._closed:
@@ -662,7 +529,7 @@ class RedisPresence:
 
     def _lease_call(self, node_id: str) -> _Call:
         return _Call(
-            _SCRIPTS["lease"],
+            SCRIPTS["lease"],
             [_b(keys.presence_node(self._prefix, node_id)), _b(keys.presence_nodes(self._prefix))],
             [_b(self._instance), self._lease_ms, _b(node_id)],
         )
@@ -681,24 +548,21 @@ class RedisPresence:
                 names.append(_b(keys.presence_connection(self._prefix, cid)))
                 if registration.user is not None:
                     names.append(_b(keys.presence_user(self._prefix, registration.user)))
-                args += (_encode(registration), _b(cid))
-            calls.append(_Call(_SCRIPTS[script], names, args, chunk))
+                args += (encode(registration), _b(cid))
+            calls.append(_Call(SCRIPTS[script], names, args, chunk))
         return calls
 
     async def _call(self, call: _Call) -> Any:
-        """Run one script (one round trip; two when Redis lost its script cache)."""
-        # redis-py leaves execute_command unannotated; a typed reference keeps mypy strict.
-        run: Callable[..., Awaitable[Any]] = self._client().execute_command
-        count = len(call.keys)
-        self.stats.round_trips += 1
-        try:
-            return await run("EVALSHA", call.script.sha, count, *call.keys, *call.args)
-        except NoScriptError:
-            self.stats.round_trips += 1
-            return await run("EVAL", call.script.source, count, *call.keys, *call.args)
+        """Run one script call (one round trip)."""
+        [result] = await self._pipeline([call])
+        return result
 
     async def _pipeline(self, calls: Sequence[_Call]) -> list[Any]:
-        """Run script calls in one round trip; raise the first error after all ran."""
+        """Run script calls in one round trip; raise the first error after all ran.
+
+        Redis forgets its scripts when it restarts: then every script is loaded
+        again and the calls that found none run again (one more round trip).
+        """
         redis = self._client()
         async with redis.pipeline(transaction=False) as pipe:
             # redis-py leaves Pipeline.execute_command unannotated; it queues a command.
@@ -708,14 +572,15 @@ class RedisPresence:
             self.stats.round_trips += 1
             results: list[Any] = await pipe.execute(raise_on_error=False)
             missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
-            if missing:  # a restarted Redis has no scripts: EVAL loads them
+            if missing:
+                for script in SCRIPTS.values():
+                    queue("SCRIPT", "LOAD", script.source)
                 for i in missing:
                     call = calls[i]
-                    queue("EVAL", call.script.source, len(call.keys), *call.keys, *call.args)
+                    queue("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
                 self.stats.round_trips += 1
-                for i, result in zip(
-                    missing, await pipe.execute(raise_on_error=False), strict=True
-                ):
+                again = await pipe.execute(raise_on_error=False)
+                for i, result in zip(missing, again[len(SCRIPTS) :], strict=True):
                     results[i] = result
         for result in results:
             if isinstance(result, Exception):
@@ -756,6 +621,7 @@ class RedisPresence:
             self._wake.set()  # the heartbeat starts retrying now
         if self._outage_since is None and not self._closing:
             self._outage_since = time.monotonic()
+            self._repaired_before = self.stats.repaired
             self.stats.outages += 1
             log.warning(
                 "presence lost Redis at %s (%s); %s",
@@ -767,15 +633,17 @@ class RedisPresence:
     def _recovered(self) -> None:
         self._online = True
         since, self._outage_since = self._outage_since, None
-        if since is not None:
-            log.info(
-                "presence reached Redis at %s again after %.1f s; %d local registrations "
-                "re-asserted (%d re-created so far)",
-                self._where,
-                time.monotonic() - since,
-                len(self._local),
-                self.stats.repaired,
-            )
+        if since is None:
+            return
+        repaired = self.stats.repaired - self._repaired_before
+        log.info(
+            "presence reached Redis at %s again after %.1f s%s",
+            self._where,
+            time.monotonic() - since,
+            ""
+            if self._node is None
+            else f"; {len(self._local)} registrations re-asserted, {repaired} re-created",
+        )
 
     async def _drop_idle_connections(self) -> None:
         """Close pooled connections: after an outage they are likely dead."""
@@ -791,7 +659,7 @@ class RedisPresence:
         loop = asyncio.get_running_loop()
         next_beat = loop.time() + self._interval
         attempt = 0
-        while True:
+        while not self._closing:
             if self._outage_since is None:
                 attempt = 0
                 delay = next_beat - loop.time()
@@ -804,6 +672,8 @@ class RedisPresence:
                     async with asyncio.timeout(delay):
                         await self._wake.wait()
             self._wake.clear()
+            if self._closing:
+                return
             began = loop.time()
             try:
                 await self._beat()
@@ -811,6 +681,7 @@ class RedisPresence:
                 self.stats.failed_heartbeats += 1
                 if not isinstance(exc, RedisError | OSError):
                     log.exception("presence heartbeat failed unexpectedly")
+                log.debug("presence heartbeat %d failed: %r", attempt, exc)
                 self._lost(exc, wake=False)
                 await self._drop_idle_connections()
                 continue
@@ -853,6 +724,8 @@ class RedisPresence:
             self._after_lease(node, results[0])
             self._settle(calls[1:], results[1:])
         for start in range(per_trip, len(cids), per_trip):
+            if self._closing:
+                return
             async with self._gate.exclusive():
                 chunk = [self._local[c] for c in cids[start : start + per_trip] if c in self._local]
                 calls = self._calls("assert", chunk, [self._lease_ms])
@@ -876,14 +749,14 @@ class RedisPresence:
             kind = call.script
             for registration, outcome in zip(call.registrations, outcomes, strict=True):
                 cid = registration.connection_id
-                if kind is _SCRIPTS["assert"]:
+                if kind is SCRIPTS["assert"]:
                     if outcome == 1:
                         self.stats.repaired += 1
                     elif outcome == 2 and self._local.get(cid) == registration:
                         del self._local[cid]  # taken over elsewhere: the id is not ours
                         self.stats.superseded += 1
-                elif kind is _SCRIPTS["register"] and outcome is not None:
-                    replaced = _decode(cid, outcome)
+                elif kind is SCRIPTS["register"] and outcome is not None:
+                    replaced = decode(cid, outcome)
                     if replaced is not None and replaced.node != self._node:
                         self.stats.unreported_takeovers += 1
                         log.info(
