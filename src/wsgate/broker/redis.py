@@ -340,8 +340,12 @@ class RedisBroker:
         self._online = False
         reader, self._reader = self._reader, None
         if reader is not None:
-            reader.cancel()
-            await asyncio.wait([reader])
+            # Python 3.11's asyncio.wait_for (used by redis-py for socket I/O) can swallow
+            # a cancellation that lands as a read completes; the loop below also checks
+            # `_closed`, and we cancel again until the task really ends.
+            while not reader.done():
+                reader.cancel()
+                await asyncio.wait([reader], timeout=0.1)
         async with self._lock:  # let a command in flight finish first
             pubsub, self._pubsub = self._pubsub, None
             if pubsub is not None:
@@ -576,7 +580,7 @@ class RedisBroker:
 
     async def _run(self, pubsub: PubSub | None) -> None:
         """The reader task: read, and rebuild the connection whenever it fails."""
-        while True:
+        while not self._closed:
             if pubsub is None:
                 pubsub = await self._reconnect()
             try:
