@@ -54,6 +54,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+import msgspec
 import uvloop
 from picows import (
     WSCloseCode,
@@ -92,10 +93,13 @@ CANDIDATES: dict[str, str] = {
     "picows-coalesced": "picows, frame built once, per-tick flush, one write per connection",
     "picows-packed": "picows, per-tick flush, pending payloads packed into one frame (b'\\n')",
     "sansio-coalesced": "asyncio.Protocol + websockets ServerProtocol, coalesced like picows",
+    "wsgate": "the wsgate server itself: node.publish(), JSON msg frames, packing on",
+    "wsgate-unpacked": "the wsgate server itself, packing off (one message per frame)",
 }
 PACKED = {"picows-packed"}
+WSGATE = {"wsgate", "wsgate-unpacked"}
 # Candidates with a distinct per-connection memory profile (picows-* share one).
-MEMORY_CANDIDATES = {"websockets", "picows-send", "sansio-coalesced"}
+MEMORY_CANDIDATES = {"websockets", "picows-send", "sansio-coalesced", "wsgate"}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -449,12 +453,57 @@ class SansIOHub(Hub):
             pending.clear()
 
 
+class WsgateHub(Hub):
+    """wsgate's own node and server: the real backend publish path (``node.publish``)."""
+
+    pack = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        from wsgate import Node  # noqa: PLC0415 - only the wsgate candidates need it
+        from wsgate.config import load_config, replace  # noqa: PLC0415
+
+        config = replace(
+            load_config(env={}),
+            anonymous=True,
+            port=0,
+            pack_messages=self.pack,
+            max_connections=100_000,
+        )
+        self.node = Node(config)
+
+    def count(self) -> int:
+        return len(self.node.hub.subscribers("bench"))
+
+    async def listen(self) -> int:
+        from wsgate import Server  # noqa: PLC0415
+
+        self.server = Server(self.node)
+        await self.server.start()
+        self.transport_kind = "wsgate"
+        asyncio.get_running_loop().call_later(0.2, self._poll)
+        return self.server.port
+
+    def _poll(self) -> None:
+        self.check()
+        asyncio.get_running_loop().call_later(0.2, self._poll)
+
+    def publish(self, payload: bytes) -> Coroutine[Any, Any, None]:  # type: ignore[override]
+        return self.node.publish("bench", payload.decode())
+
+
+class WsgateUnpackedHub(WsgateHub):
+    pack = False
+
+
 HUBS: dict[str, Callable[[], Hub]] = {
     "websockets": WebsocketsHub,
     "picows-send": PicowsSendHub,
     "picows-coalesced": PicowsCoalescedHub,
     "picows-packed": PicowsPackedHub,
     "sansio-coalesced": SansIOHub,
+    "wsgate": WsgateHub,
+    "wsgate-unpacked": WsgateUnpackedHub,
 }
 
 
@@ -463,7 +512,9 @@ async def publish_loop(hub: Hub, messages: int, size: int, burst: int) -> tuple[
     clock = time.monotonic_ns
     t0 = clock()
     for i in range(1, messages + 1):
-        hub.publish(b"%019d" % clock() + pad)
+        pending = hub.publish(b"%019d" % clock() + pad)
+        if pending is not None:  # wsgate: an awaitable node.publish()
+            await pending
         if i % burst == 0:
             await asyncio.sleep(0)
     t1 = clock()
@@ -514,9 +565,10 @@ async def server_main(args: argparse.Namespace) -> None:
 
 
 class ClientStats:
-    def __init__(self, expected: int, packed: bool) -> None:
+    def __init__(self, expected: int, packed: bool, wsgate: bool = False) -> None:
         self.expected = expected
         self.packed = packed
+        self.wsgate = wsgate
         self.latencies = array("q")  # ns, one per received message
         self.frames = 0
         self.last_ns = 0
@@ -534,7 +586,12 @@ class SubscriberListener(WSListener):
             stats = self.stats
             latencies = stats.latencies
             payload = frame.get_payload_as_bytes()
-            if stats.packed:
+            if stats.wsgate:
+                decoded = msgspec.json.decode(payload)
+                for item in decoded if isinstance(decoded, list) else (decoded,):
+                    if item.get("op") == "msg":
+                        latencies.append(now - int(item["data"][:TS_DIGITS]))
+            elif stats.packed:
                 for part in payload.split(b"\n"):
                     latencies.append(now - int(part[:TS_DIGITS]))
             else:
@@ -622,10 +679,14 @@ async def close_all(transports: list[WSTransport], wait_s: float) -> int:
 async def client_main(args: argparse.Namespace) -> None:
     signal.alarm(args.lifetime)
     nofile = raise_nofile()
-    stats = ClientStats(args.subscribers * args.messages, args.packed)
+    stats = ClientStats(args.subscribers * args.messages, args.packed, args.wsgate)
+    path = "/ws" if args.wsgate else "/"
     transports, errors, first_error = await open_connections(
-        f"ws://{HOST}:{args.port}/", args.subscribers, stats
+        f"ws://{HOST}:{args.port}{path}", args.subscribers, stats
     )
+    if args.wsgate:
+        for transport in transports:
+            transport.send(WSMsgType.TEXT, b'{"op":"sub","id":1,"topic":"bench"}')
     emit("connected", n=len(transports), errors=errors, first_error=first_error, nofile=nofile)
     reader = await stdin_reader()
     async for raw in reader:
@@ -866,6 +927,7 @@ async def fanout_run(impl: str, args: argparse.Namespace, logdir: Path, attempt:
         children.append(server)
         port = (await server.expect("listening"))["port"]
         argv = client_argv(port, n, m, args) + (["--packed"] if impl in PACKED else [])
+        argv += ["--wsgate"] if impl in WSGATE else []
         client = await spawn(f"{impl}-client", CLIENT_CPU, logdir, argv)
         children.append(client)
         connected = await client.expect("connected")
@@ -944,7 +1006,10 @@ async def memory_run(impl: str, connections: int, args: argparse.Namespace, logd
         await asyncio.sleep(0.5)
         before = proc_rss_kib(server.pid)
         client = await spawn(
-            f"{impl}-memclient", CLIENT_CPU, logdir, client_argv(port, connections, 0, args)
+            f"{impl}-memclient",
+            CLIENT_CPU,
+            logdir,
+            client_argv(port, connections, 0, args) + (["--wsgate"] if impl in WSGATE else []),
         )
         children.append(client)
         connected = await client.expect("connected")
@@ -1159,6 +1224,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     client.add_argument("--subscribers", type=int, required=True)
     client.add_argument("--messages", type=int, required=True)
     client.add_argument("--packed", action="store_true")
+    client.add_argument("--wsgate", action="store_true", help="JSON msg frames, subscribe first")
     client.add_argument("--lifetime", type=int, default=CHILD_LIFETIME_S)
     client.add_argument("--idle-timeout", type=float, required=True)
     client.add_argument("--max-wait", type=float, required=True)
