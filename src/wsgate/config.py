@@ -7,7 +7,7 @@ Every field has a unique name across the tree; its environment variable is
 ``WSGATE_`` + the name in upper case (``limits.max_message_size`` ->
 ``WSGATE_MAX_MESSAGE_SIZE``), and its TOML key is the name inside its section
 (``[limits] max_message_size = 65536``). Lists in environment variables are
-comma-separated. docs/configuration.md lists them all.
+comma-separated. docs/configuration.md lists them all (a test keeps it complete).
 """
 
 from __future__ import annotations
@@ -41,11 +41,15 @@ class ServerConfig:
     """Where and how the node listens."""
 
     host: str = "127.0.0.1"
+    """Address to listen on (``0.0.0.0`` for every interface)."""
     port: int = 8765
+    """Port to listen on (0 picks a free one; the ``listening on`` line tells which)."""
     path: str = "/ws"
+    """URL path of the WebSocket endpoint (``/health`` and ``/metrics`` sit beside it)."""
     allowed_origins: tuple[str, ...] = ()
     """Origins allowed besides same-origin requests (``*`` allows any)."""
     max_connections: int = 10_000
+    """Connections held at once; further upgrades get HTTP 503."""
     handshake_timeout: float = 10.0
     """Seconds from TCP accept to a successful ``auth`` (upgrade included)."""
     shutdown_timeout: float = 5.0
@@ -65,6 +69,7 @@ class LimitsConfig:
     rate_burst: int = 200
     """Inbound messages a connection may send at once before the rate applies."""
     max_subscriptions: int = 128
+    """Subscriptions per connection (error ``too_many_subscriptions`` beyond)."""
     max_queue_bytes: int = 4 * 1024 * 1024
     """Outbound bytes queued for one connection before it counts as a slow consumer."""
     max_inflight_calls: int = 64
@@ -80,6 +85,7 @@ class KeepaliveConfig:
     """WebSocket keepalive: a ping after ``ping_interval`` idle seconds."""
 
     ping_interval: float = 25.0
+    """Idle seconds before the server pings a connection."""
     pong_timeout: float = 20.0
     """Seconds to wait for any inbound frame after a ping before closing (4002)."""
 
@@ -95,12 +101,17 @@ class AuthConfig:
     jwt_algorithms: tuple[str, ...] = ()
     """Accepted algorithms; default HS256 with a secret, RS256+ES256 with a key."""
     jwt_audience: str | None = None
+    """Required ``aud`` claim, when set (tokens with an ``aud`` are refused otherwise)."""
     jwt_issuer: str | None = None
+    """Required ``iss`` claim, when set."""
     anonymous: bool = False
     """Accept connections without a token (and token-less ones beside JWT)."""
     anonymous_subscribe: tuple[str, ...] = (">",)
+    """Patterns anonymous connections may subscribe to."""
     anonymous_publish: tuple[str, ...] = ()
+    """Topics anonymous connections may publish to (none by default)."""
     anonymous_call: tuple[str, ...] = ()
+    """Methods anonymous connections may call (none by default)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +131,9 @@ class Config:
     """The whole configuration of a node."""
 
     node_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    """Id of this node in the cluster (random by default; must be unique)."""
     log_level: str = "INFO"
+    """DEBUG, INFO, WARNING or ERROR (logs go to standard error)."""
     server: ServerConfig = field(default_factory=ServerConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     keepalive: KeepaliveConfig = field(default_factory=KeepaliveConfig)

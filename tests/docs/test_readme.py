@@ -61,3 +61,16 @@ async def test_readme_python_snippet_runs(
     compiled = compile(code, f"README.md#python-{index}", "exec")
     # The snippets call asyncio.run(), which needs a thread without a running loop.
     await asyncio.wait_for(asyncio.to_thread(exec, compiled, namespace), timeout=60)
+
+
+def test_configuration_page_matches_the_configuration_tree() -> None:
+    import importlib.util  # noqa: PLC0415 - the script is not a package module
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "config_docs.py"
+    spec = importlib.util.spec_from_file_location("config_docs", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    page = (README.parent / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert page == module.render(), "run: python scripts/config_docs.py"
+    assert "|  |" not in page, "a setting has no docstring in wsgate/config.py"
