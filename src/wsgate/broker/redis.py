@@ -88,7 +88,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
-from urllib.parse import urlsplit
 
 import msgspec
 from redis.asyncio import Redis
@@ -102,7 +101,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from wsgate.broker import keys
 from wsgate.broker.base import CALLS_IN_FLIGHT, BrokerHandler, CallHandler
 from wsgate.broker.redis_calls import RedisCalls
-from wsgate.errors import BrokerError, ConfigError, InvalidState
+from wsgate.broker.redis_url import check_redis_target
+from wsgate.errors import BrokerError, InvalidState
 from wsgate.publication import Publication
 from wsgate.topics import TopicTrie, is_pattern, validate_pattern
 
@@ -124,7 +124,6 @@ POLL_INTERVAL: Final = 1.0
 HEALTH_INTERVAL: Final = 10.0
 """After this long (s) without traffic the reader sends a ``PING``."""
 
-_SCHEMES: Final = ("redis", "rediss", "unix")
 _CHANNEL: Final = "c"
 _GLOB: Final = "p"
 _BARRIER: Final = b"wsgate-barrier:"
@@ -234,18 +233,9 @@ class RedisBroker:
         command_timeout: float = COMMAND_TIMEOUT,
         health_interval: float = HEALTH_INTERVAL,
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in _SCHEMES:
-            raise ConfigError(f"not a Redis URL: scheme {parts.scheme!r}")
-        try:
-            port = parts.port
-        except ValueError as exc:
-            raise ConfigError(f"invalid Redis URL: {exc}") from exc
-        if not prefix or any(char.isspace() or not char.isprintable() for char in prefix):
-            raise ConfigError(f"invalid broker prefix {prefix!r}")
+        where = check_redis_target(url, prefix)
         self._url = url
-        # Where, for logs: never the password.
-        self._where = parts.path if parts.scheme == "unix" else f"{parts.hostname}:{port or 6379}"
+        self._where = where
         self._prefix = prefix
         self._reconnect_base = reconnect_base
         self._reconnect_cap = reconnect_cap

@@ -65,7 +65,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -77,6 +76,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from wsgate.broker import keys
 from wsgate.broker.base import Registration
 from wsgate.broker.redis_presence_lua import SCRIPTS, SEPARATOR, Script, decode, encode
+from wsgate.broker.redis_url import check_redis_target
 from wsgate.errors import BrokerError, ConfigError, InvalidState
 
 __all__ = ["RedisPresence", "RedisPresenceStats"]
@@ -97,8 +97,6 @@ BATCH: Final = 500
 """Registrations per script call (each call blocks Redis for about a millisecond)."""
 PIPELINE: Final = 10
 """Script calls per round trip."""
-
-_SCHEMES: Final = ("redis", "rediss", "unix")
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,19 +197,11 @@ class RedisPresence:
         command_timeout: float = COMMAND_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in _SCHEMES:
-            raise ConfigError(f"not a Redis URL: scheme {parts.scheme!r}")
-        try:
-            port = parts.port
-        except ValueError as exc:
-            raise ConfigError(f"invalid Redis URL: {exc}") from exc
-        if not prefix or any(char.isspace() or not char.isprintable() for char in prefix):
-            raise ConfigError(f"invalid broker prefix {prefix!r}")
+        where = check_redis_target(url, prefix)
         if not 0.003 <= lease < 1e9:  # a lease in ms, with a heartbeat of at least 1 ms
             raise ConfigError(f"invalid presence lease {lease!r} (seconds)")
         self._url = url
-        self._where = parts.path if parts.scheme == "unix" else f"{parts.hostname}:{port or 6379}"
+        self._where = where
         self._prefix = prefix
         self._lease = lease
         self._lease_ms = round(lease * 1000)

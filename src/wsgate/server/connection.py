@@ -274,17 +274,22 @@ class Connection(WSListener):
             log.info("closing %r with %d: %s", self, outcome.code, outcome.reason)
             self._close_now(outcome.code, outcome.reason)
 
-    async def _authenticate(self, token: str | None, *, final: bool) -> None:
+    async def _verify(self, token: str | None) -> Identity:
+        """Authenticate ``token`` (with this upgrade's headers); raises AuthError."""
         request = AuthRequest(
             token=token,
             headers=self._headers,
             query=self._query,
             remote_address=self.remote_address,
         )
+        identity = await self.node.authenticate(request)
+        if identity.expires_at is not None and identity.expires_at <= time.time():
+            raise TokenExpired("token expired")
+        return identity
+
+    async def _authenticate(self, token: str | None, *, final: bool) -> None:
         try:
-            identity = await self.node.authenticate(request)
-            if identity.expires_at is not None and identity.expires_at <= time.time():
-                raise TokenExpired("token expired")
+            identity = await self._verify(token)
         except AuthError as exc:
             if not final:
                 early, self._early = self._early or [], None
@@ -311,16 +316,8 @@ class Connection(WSListener):
             self._on_message(payload)
 
     async def _reauthenticate(self, message: Auth) -> None:
-        request = AuthRequest(
-            token=message.token,
-            headers=self._headers,
-            query=self._query,
-            remote_address=self.remote_address,
-        )
         try:
-            identity = await self.node.authenticate(request)
-            if identity.expires_at is not None and identity.expires_at <= time.time():
-                raise TokenExpired("token expired")
+            identity = await self._verify(message.token)
         except AuthError as exc:
             self.node.metrics.auth_failures += 1
             log.info("re-authentication failed for %r: %s", self, exc)
