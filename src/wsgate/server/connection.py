@@ -126,6 +126,7 @@ class Connection(WSListener):
         self._headers = headers
         self._query = query
         self._first_byte = 0x81 if codec.text else 0x82
+        self._msg_type = WSMsgType.TEXT if codec.text else WSMsgType.BINARY
         self._max_queue = limits.max_queue_bytes
         self._pack = server.node.config.server.pack_messages
         self._pending: list[bytes] = []
@@ -357,8 +358,9 @@ class Connection(WSListener):
         raw = self._raw
         first = self._first_byte
         if len(pending) == 1:
-            payload = pending[0]
-            raw.write(_frame_header(first, len(payload)) + payload)
+            # picows frames it in C and calls send(2) directly while nothing is
+            # buffered: the cheapest write for the common one-message tick.
+            self.transport.send(self._msg_type, pending[0])
             frames = 1
         elif not self._pack:
             raw.writelines([_frame_header(first, len(p)) + p for p in pending])
