@@ -6,8 +6,8 @@ STAMP  := $(VENV)/.installed
 DEV_CONFIG := .wsgate/dev.toml
 HOST ?= 127.0.0.1
 PORT ?= 8765
-# Debian packages the test suite starts as real servers.
-APT_PACKAGES := redis-server
+# Debian packages the test suite starts as real servers (chromium: the browser tests).
+APT_PACKAGES := redis-server chromium
 
 .PHONY: serve test lint install system-deps clean
 

@@ -14,17 +14,21 @@ finish their close handshake in time. One timer for the whole node, not one
 per connection.
 
 ``GET /health`` answers ``ok`` and ``GET /metrics`` the Prometheus text of the
-node's counters; neither reveals identities or payloads.
+node's counters; neither reveals identities or payloads. ``GET /client.js`` serves
+the browser client and ``GET /examples/chat/`` the chat example, static files of
+the installed package named by a fixed allow-list (never by the request path).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Coroutine
-from typing import Any
+from importlib import resources
+from typing import Any, Final
 from urllib.parse import parse_qsl
 
 from picows import (
@@ -45,6 +49,36 @@ __all__ = ["Server"]
 log = logging.getLogger("wsgate.server")
 
 _SWEEP_INTERVAL = 1.0
+
+_JS: Final = "text/javascript; charset=utf-8"  # ES modules need a JavaScript MIME type
+_CHAT_PAGE: Final = (
+    "chat.html",
+    {
+        "Content-Type": "text/html; charset=utf-8",
+        # The page carries its token in the URL: keep it out of Referer headers.
+        "Referrer-Policy": "no-referrer",
+        "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    },
+)
+_STATIC: Final[dict[str, tuple[str, dict[str, str]]]] = {
+    "/client.js": ("client.js", {"Content-Type": _JS}),
+    "/examples/chat": _CHAT_PAGE,
+    "/examples/chat/": _CHAT_PAGE,
+    "/examples/chat/index.html": _CHAT_PAGE,
+    "/examples/chat/chat.js": ("chat.js", {"Content-Type": _JS}),
+}
+"""Plain GET path -> (file in ``wsgate/static``, headers): the only files ever served."""
+
+
+@functools.cache
+def _static_file(name: str) -> bytes | None:
+    """The bytes of a packaged static file, read once; None when it is not installed."""
+    try:
+        return (resources.files("wsgate") / "static" / name).read_bytes()
+    except OSError:
+        log.error("static file %s is missing from the wsgate package", name)
+        return None
 
 
 def _error(status: int, text: str) -> WSUpgradeResponseWithListener:
@@ -212,6 +246,15 @@ class Server:
             response = WSUpgradeResponse.create_ok_response(
                 body, extra_headers={"Content-Type": "text/plain; version=0.0.4"}
             )
+            return WSUpgradeResponseWithListener(response, None)
+        static = _STATIC.get(path)
+        if static is not None:
+            name, headers = static
+            content = _static_file(name)
+            if content is None:
+                return None  # 404
+            headers = {**headers, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+            response = WSUpgradeResponse.create_ok_response(content, extra_headers=headers)
             return WSUpgradeResponseWithListener(response, None)
         return None  # 404
 
