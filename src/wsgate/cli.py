@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from wsgate import cli_commands
 from wsgate.config import Config, load_config
 from wsgate.errors import ConfigError, WsgateError
 
@@ -26,7 +27,10 @@ def _add_config_flag(parser: argparse.ArgumentParser) -> None:
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="wsgate", description="A distributed WebSocket gateway and event bus."
+        prog="wsgate",
+        description="A distributed WebSocket gateway and event bus. Run a node (serve), mint "
+        "tokens (token), listen as a client (listen), or reach a running gateway's connections "
+        "through its broker (publish, send, request, ...). 'wsgate COMMAND --help' for more.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -98,6 +102,7 @@ def _build_parser() -> argparse.ArgumentParser:
     token.add_argument(
         "--ttl", type=float, default=3600.0, help="seconds until expiry (default 3600)"
     )
+    cli_commands.add_commands(commands)
     return parser
 
 
@@ -140,13 +145,12 @@ async def _serve(config: Config) -> None:
     await server.stop()
 
 
-def _run(coro: Any) -> None:
+def _run(coro: Any) -> Any:
     try:
         import uvloop  # noqa: PLC0415
     except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
-        asyncio.run(coro)
-    else:
-        uvloop.run(coro)
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -181,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
             return 0
+        if args.command == "listen" or args.command in cli_commands.COMMANDS:
+            return cli_commands.run(args, _run)
     except WsgateError as exc:
         print(f"wsgate: error: {exc}", file=sys.stderr)
         return 2
