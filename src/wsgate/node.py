@@ -18,9 +18,7 @@ import asyncio
 import itertools
 import logging
 import secrets
-import time
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from wsgate import topics
@@ -33,11 +31,11 @@ from wsgate.auth import (
     JWTAuthenticator,
 )
 from wsgate.broker import Broker, Presence, Registration, create_broker, create_presence
+from wsgate.calls import CallContext, Calls, MethodHandler, answer_error, answer_ok
 from wsgate.cluster import (
     CONNECTION_LOST,
     NOT_CONNECTED,
     TIMEOUT,
-    CallJob,
     Deliver,
     InfoQuery,
     Kick,
@@ -67,8 +65,6 @@ from wsgate.protocol.codes import CloseCode, ErrorCode, is_sendable
 from wsgate.protocol.messages import (
     Call,
     ClientMessage,
-    Error,
-    Ok,
     Ping,
     Pong,
     Pub,
@@ -83,33 +79,11 @@ from wsgate.protocol.messages import (
 )
 from wsgate.publication import Encoded, Publication
 
-__all__ = ["CallContext", "MethodHandler", "Node"]
+__all__ = ["CallContext", "MethodHandler", "Node"]  # the first two live in wsgate.calls
 
 log = logging.getLogger("wsgate.node")
 
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True, slots=True)
-class CallContext:
-    """One client ``call`` as seen by its handler.
-
-    Attributes:
-        method: the called method name.
-        data: the payload (bytes when the client sent ``bin``).
-        connection_id: the calling connection.
-        user: its user (None for anonymous connections).
-        identity: its full identity (grants, meta).
-    """
-
-    method: str
-    data: Any
-    connection_id: str
-    user: str | None
-    identity: Identity
-
-
-MethodHandler = Callable[[CallContext], Awaitable[Any]]
 
 
 def build_authenticator(config: Config) -> Authenticator:
@@ -202,11 +176,13 @@ class Node:
         self.metrics.add_gauge("users", self.hub.users)
         self.metrics.add_gauge("patterns", lambda: len(self.hub.patterns()))
         self.metrics.add_gauge("requests_in_flight", lambda: len(self._requests))
-        self._methods: dict[str, MethodHandler] = {}
         self._requests: dict[int, tuple[ClientConnection, asyncio.Future[Any]]] = {}
         self._request_ids = itertools.count(1)
         self._subscribing: dict[str, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.calls = Calls(
+            self.config.limits, self.metrics, self.broker, self.router, spawn=self._spawn
+        )
         self._started = False
         self._closing = False
 
@@ -390,24 +366,11 @@ class Node:
 
     def method(self, name: str) -> Callable[[MethodHandler], MethodHandler]:
         """Decorator registering an in-process handler for client ``call``s of ``name``."""
-
-        def register(handler: MethodHandler) -> MethodHandler:
-            self.register_method(name, handler)
-            return handler
-
-        return register
+        return self.calls.method(name)
 
     def register_method(self, name: str, handler: MethodHandler) -> None:
-        """Register ``handler`` for ``call``s of ``name``.
-
-        Raises:
-            InvalidTopic: the name is not a well-formed dotted name.
-            InvalidState: a handler is already registered under that name.
-        """
-        topics.validate_topic(name)
-        if name in self._methods:
-            raise InvalidState(f"method {name!r} already has a handler")
-        self._methods[name] = handler
+        """Register ``handler`` for ``call``s of ``name`` (see :meth:`Calls.register_method`)."""
+        self.calls.register_method(name, handler)
 
     # -- broker events ----------------------------------------------------------------
 
@@ -535,7 +498,7 @@ class Node:
         elif isinstance(message, Pub):
             self._on_pub(conn, message)
         elif isinstance(message, Call):
-            self._on_call(conn, message)
+            self.calls.handle(conn, message)
         elif isinstance(message, Ping):
             conn.deliver(conn.codec.encode(Pong(id=message.id)))
 
@@ -653,18 +616,10 @@ class Node:
             log.error("background task failed", exc_info=task.exception())
 
     def _error(self, conn: ClientConnection, request_id: int | None, code: str, msg: str) -> None:
-        conn.deliver(conn.codec.encode(Error(code=code, message=msg, id=request_id)))
+        answer_error(conn, request_id, code, msg)
 
     def _ok(self, conn: ClientConnection, request_id: int | None, data: Any = None) -> None:
-        if request_id is None:
-            return
-        try:
-            frame = conn.codec.encode(Ok(request_id, *payload_fields(data)))
-        except TypeError:
-            self.metrics.encode_errors += 1
-            self._error(conn, request_id, ErrorCode.INTERNAL, "result cannot be encoded")
-            return
-        conn.deliver(frame)
+        answer_ok(conn, request_id, data, self.metrics)
 
     def _on_reply(self, conn: ClientConnection, message: Reply) -> None:
         entry = self._requests.get(message.id)
@@ -775,145 +730,3 @@ class Node:
             self._error(conn, message.id, ErrorCode.INTERNAL, "publication failed")
             return
         self._ok(conn, message.id)
-
-    def _on_call(self, conn: ClientConnection, message: Call) -> None:
-        self.metrics.calls += 1
-        try:
-            topics.validate_topic(message.method)
-        except InvalidTopic as exc:
-            self.metrics.call_errors += 1
-            self._error(conn, message.id, ErrorCode.BAD_REQUEST, f"invalid method name: {exc}")
-            return
-        if not conn.identity.can_call(message.method):
-            self.metrics.call_errors += 1
-            self._error(
-                conn, message.id, ErrorCode.PERMISSION_DENIED, f"may not call {message.method}"
-            )
-            return
-        if conn.inflight_calls >= self.config.limits.max_inflight_calls:
-            self.metrics.call_errors += 1
-            self._error(
-                conn,
-                message.id,
-                ErrorCode.TOO_MANY_CALLS,
-                f"at most {self.config.limits.max_inflight_calls} calls in flight",
-            )
-            return
-        conn.inflight_calls += 1
-        handler = self._methods.get(message.method)
-        if handler is None:
-            # No handler in this process: a backend worker may serve the method.
-            self._spawn(self._run_remote_call(conn, message))
-        else:
-            self._spawn(self._run_call(conn, message, handler))
-
-    def _call_timeout(self, message: Call) -> float:
-        limit = self.config.limits.call_timeout
-        return min(message.timeout, limit) if message.timeout else limit
-
-    async def _run_call(
-        self, conn: ClientConnection, message: Call, handler: MethodHandler
-    ) -> None:
-        try:
-            await self._answer_call(conn, message, handler)
-        finally:
-            conn.inflight_calls -= 1
-
-    async def _answer_call(
-        self, conn: ClientConnection, message: Call, handler: MethodHandler
-    ) -> None:
-        timeout = self._call_timeout(message)
-        context = CallContext(
-            method=message.method,
-            data=payload_of(message),
-            connection_id=conn.id,
-            user=conn.user,
-            identity=conn.identity,
-        )
-        started = time.monotonic()
-        try:
-            async with asyncio.timeout(timeout):
-                result = await handler(context)
-        except TimeoutError:
-            self.metrics.call_errors += 1
-            self._error(conn, message.id, ErrorCode.TIMEOUT, f"no answer within {timeout:g} s")
-        except RemoteError as exc:
-            self.metrics.call_errors += 1
-            conn.deliver(
-                conn.codec.encode(
-                    Error(code=exc.code, message=exc.remote_message, id=message.id, data=exc.data)
-                )
-            )
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            self.metrics.call_errors += 1
-            log.exception(
-                "method %s failed after %.3f s", message.method, time.monotonic() - started
-            )
-            self._error(conn, message.id, ErrorCode.METHOD_ERROR, "method failed")
-        else:
-            self._ok(conn, message.id, result)
-
-    async def _run_remote_call(self, conn: ClientConnection, message: Call) -> None:
-        try:
-            await self._answer_remote_call(conn, message)
-        finally:
-            conn.inflight_calls -= 1
-
-    async def _answer_remote_call(self, conn: ClientConnection, message: Call) -> None:
-        """Queue the call for the workers of its namespace and relay the first answer.
-
-        A later answer to the same call (processed twice after a worker died) finds
-        no waiter and is dropped by the router as late.
-        """
-        timeout = self._call_timeout(message)
-        namespace = message.method.split(".", 1)[0]
-        with self.router.expecting() as (rid, future):
-            try:
-                job = CallJob(
-                    method=message.method,
-                    cid=conn.id,
-                    rid=rid,
-                    reply_to=self.router.inbox,
-                    deadline=time.time() + timeout,
-                    payload=payload_of(message),
-                    user=conn.user,
-                    meta=dict(conn.identity.meta),
-                )
-                async with asyncio.timeout(timeout):
-                    if not await self.broker.enqueue_call(namespace, encode_envelope(job)):
-                        self.metrics.call_errors += 1
-                        self._error(
-                            conn,
-                            message.id,
-                            ErrorCode.UNKNOWN_METHOD,
-                            f"no handler for {message.method}",
-                        )
-                        return
-                    response = await future
-            except TimeoutError:
-                self.metrics.call_errors += 1
-                self._error(
-                    conn, message.id, ErrorCode.TIMEOUT, f"no worker answered within {timeout:g} s"
-                )
-                return
-            except (TypeError, BrokerError, ConnectionLost) as exc:
-                self.metrics.call_errors += 1
-                log.warning("call of %s not forwarded to a worker: %s", message.method, exc)
-                self._error(conn, message.id, ErrorCode.INTERNAL, "call failed, retry later")
-                return
-        if response.error is None:
-            self._ok(conn, message.id, response.payload)
-            return
-        self.metrics.call_errors += 1
-        conn.deliver(
-            conn.codec.encode(
-                Error(
-                    code=response.error,
-                    message=response.message,
-                    id=message.id,
-                    data=response.data,
-                )
-            )
-        )

@@ -46,10 +46,10 @@ from wsgate.auth import Identity
 from wsgate.broker import Broker, Presence, create_broker, create_presence
 from wsgate.broker.base import CALLS_IN_FLIGHT
 from wsgate.broker.memory import MemoryBroker, MemoryBus, MemoryPresence
+from wsgate.calls import CallContext, MethodHandler
 from wsgate.cluster import CallJob, Response, Router, decode_envelope, encode_envelope
 from wsgate.errors import BrokerError, InvalidState, RemoteError
 from wsgate.hub import ConnectionInfo
-from wsgate.node import CallContext, MethodHandler
 from wsgate.protocol.codes import CloseCode, ErrorCode, is_sendable
 from wsgate.publication import Publication
 
