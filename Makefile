@@ -32,6 +32,7 @@ serve: $(STAMP) $(DEV_CONFIG)
 	@echo "  Connect with any WebSocket client, e.g.:"
 	@echo "    $(BIN)/python -m websockets 'ws://$(HOST):$(PORT)/ws?token=TOKEN'"
 	@echo "  and type: {\"op\":\"sub\",\"id\":1,\"topic\":\"chat.*\"}"
+	@echo "  Or open the chat example in a browser: http://$(HOST):$(PORT)/examples/chat/?token=TOKEN"
 	@echo
 	$(BIN)/wsgate serve --config $(DEV_CONFIG) --host $(HOST) --port $(PORT)
 
