@@ -60,6 +60,16 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="ORIGIN",
         help="allow browser pages from ORIGIN (repeatable; '*' allows any)",
     )
+    serve.add_argument(
+        "--api-key",
+        action="append",
+        metavar="KEY",
+        help="enable the HTTP control API (/api/) and accept KEY there (repeatable; "
+        "default: $WSGATE_API_KEYS, comma-separated)",
+    )
+    serve.add_argument(
+        "--api-port", type=int, help="port of the HTTP control API (default 8766; 0 = any free)"
+    )
     serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING or ERROR")
 
     token = commands.add_parser(
@@ -124,6 +134,8 @@ def _serve_config(args: argparse.Namespace) -> Config:
         "anonymous": args.anonymous,
         "allowed_origins": tuple(args.allowed_origin) if args.allowed_origin else None,
         "log_level": args.log_level,
+        "api_keys": tuple(args.api_key) if args.api_key else None,
+        "api_port": args.api_port,
     }
     return load_config(args.config, overrides=overrides)
 
@@ -135,13 +147,29 @@ async def _serve(config: Config) -> None:
     node = Node(config)
     server = Server(node)
     await server.start()
+    control = None
+    if config.server.api_keys:
+        from wsgate.server.control import ControlServer, control_app  # noqa: PLC0415
+
+        control = ControlServer(
+            control_app(node, config.server.api_keys), config.server.host, config.server.api_port
+        )
+        try:
+            await control.start()
+        except BaseException:
+            await server.stop()
+            raise
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     print(f"listening on {server.url}", flush=True)
+    if control is not None:
+        print(f"control API on {control.url}", flush=True)
     await stopping.wait()
     logging.getLogger("wsgate").info("shutting down")
+    if control is not None:
+        await control.stop()
     await server.stop()
 
 

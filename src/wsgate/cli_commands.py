@@ -3,9 +3,8 @@
 ``listen`` is a client of the gateway (the client SDK, with a token). The other
 commands are backend verbs: they reach the gateway's nodes through a
 :class:`Gateway` that :func:`choose_transport` opens. Today the only transport
-is the broker itself (the backend SDK, ``--broker redis://...``); another one
-(an HTTP control API, ``--url``) only has to implement :class:`Gateway` and be
-chosen there.
+is the broker itself (the backend SDK, ``--broker redis://...``) or a node's HTTP
+control API (``--url http://... --api-key KEY``).
 
 Output is JSON on stdout; bytes are shown as ``{"$bytes_b64": "..."}``. Exit
 status: 0 on success, 1 when something could not be delivered or was not found
@@ -24,10 +23,12 @@ import logging
 import os
 import signal
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from wsgate import (
     Backend,
@@ -36,13 +37,17 @@ from wsgate import (
     CloseCode,
     ConnectionClosed,
     ConnectionInfo,
+    ConnectionLost,
     DeliveryError,
+    NotConnected,
     RemoteError,
+    RequestTimeout,
     WsgateError,
     connect,
     connect_backend,
     load_config,
 )
+from wsgate.cluster import info_from_payload
 
 __all__ = ["COMMANDS", "FAILED", "USAGE", "Gateway", "add_commands", "choose_transport", "run"]
 
@@ -173,14 +178,156 @@ class _BackendGateway:
         return await self._backend.presence_backend.nodes()
 
 
+@dataclass(frozen=True)
+class HttpTransport:
+    """Through a node's HTTP control API (``--url http://HOST:API_PORT``), with an API key."""
+
+    url: str
+    api_key: str = dataclasses.field(repr=False)
+
+    @contextlib.asynccontextmanager
+    async def open(self) -> AsyncIterator[Gateway]:
+        yield _HttpGateway(self.url, self.api_key)
+
+
+class _HttpGateway:
+    """A :class:`Gateway` over the control API; urllib calls run in a thread."""
+
+    def __init__(self, url: str, api_key: str) -> None:
+        base = url.rstrip("/")
+        self._base = base.removesuffix("/api") + "/api/"
+        self._api_key = api_key
+
+    def _call_sync(self, method: str, path: str, body: Any, timeout: float) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        request = urllib.request.Request(self._base + path, data=data, method=method)
+        request.add_header("X-API-Key", self._api_key)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                status, raw = response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            status, raw = exc.code, exc.read()
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise CommandFailed(f"cannot reach the control API at {self._base}: {reason}") from None
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            raise CommandFailed(
+                f"the control API at {self._base} answered HTTP {status} without JSON"
+            ) from None
+
+    async def _call(
+        self, method: str, path: str, body: Any = None, *, timeout: float = 30.0
+    ) -> tuple[int, Any]:
+        status, answer = await asyncio.to_thread(self._call_sync, method, path, body, timeout)
+        if status in (401, 403):
+            raise CommandFailed(
+                f"the control API refused the API key (HTTP {status}): check --api-key "
+                "or WSGATE_API_KEY"
+            )
+        return status, answer
+
+    @staticmethod
+    def _fail(status: int, answer: Any) -> Exception:
+        error = answer.get("error", {}) if isinstance(answer, dict) else {}
+        message = str(error.get("message", f"HTTP {status}"))
+        if status == 400:
+            return CommandFailed(message, USAGE)
+        if status == 503:
+            return BrokerError(message, temporary=True)
+        return CommandFailed(f"the control API answered HTTP {status}: {message}")
+
+    @staticmethod
+    def _payload(data: Any) -> dict[str, Any]:
+        if isinstance(data, bytes | bytearray | memoryview):
+            return {"bin": base64.b64encode(bytes(data)).decode("ascii")}
+        return {"data": data}
+
+    async def _post(self, path: str, body: dict[str, Any]) -> Any:
+        status, answer = await self._call("POST", path, body)
+        if status != 200:
+            raise self._fail(status, answer)
+        return answer
+
+    async def publish(self, topic: str, data: Any) -> None:
+        await self._post("publish", {"topic": topic, **self._payload(data)})
+
+    async def send(self, connection_id: str, data: Any) -> bool:
+        answer = await self._post("send", {"connection_id": connection_id, **self._payload(data)})
+        return bool(answer["delivered"])
+
+    async def send_to_user(self, user: str, data: Any) -> int:
+        answer = await self._post("send_to_user", {"user": user, **self._payload(data)})
+        return int(answer["reached"])
+
+    async def broadcast(self, data: Any) -> None:
+        await self._post("broadcast", self._payload(data))
+
+    async def request(self, connection_id: str, data: Any, timeout: float | None = None) -> Any:
+        body: dict[str, Any] = {"connection_id": connection_id, **self._payload(data)}
+        if timeout is not None:
+            body["timeout"] = timeout
+        status, answer = await self._call("POST", "request", body, timeout=(timeout or 10.0) + 30.0)
+        if status == 200:
+            if "bin" in answer:
+                return base64.b64decode(answer["bin"])
+            return answer.get("data")
+        error = answer.get("error", {}) if isinstance(answer, dict) else {}
+        code = error.get("code")
+        if code == "not_connected":
+            raise NotConnected(connection_id)
+        if code == "timeout":
+            raise RequestTimeout(connection_id, timeout or 0.0)
+        if code == "connection_lost":
+            raise ConnectionLost(connection_id)
+        if code == "remote_error":
+            remote = error.get("remote", {})
+            raise RemoteError(
+                str(remote.get("code", "")), str(remote.get("message", "")), remote.get("data")
+            )
+        raise self._fail(status, answer)
+
+    async def disconnect(self, connection_id: str, code: int, reason: str) -> bool:
+        answer = await self._post(
+            "disconnect", {"connection_id": connection_id, "code": code, "reason": reason}
+        )
+        return bool(answer["disconnected"])
+
+    async def connection_info(self, connection_id: str) -> ConnectionInfo | None:
+        status, answer = await self._call("GET", "connections/" + quote(connection_id, safe=""))
+        if status == 404:
+            return None
+        if status != 200:
+            raise self._fail(status, answer)
+        return info_from_payload(answer)
+
+    async def presence(self, topic: str) -> list[ConnectionInfo]:
+        status, answer = await self._call("GET", "presence?" + urlencode({"topic": topic}))
+        if status != 200:
+            raise self._fail(status, answer)
+        return [info_from_payload(item) for item in answer["connections"]]
+
+    async def nodes(self) -> list[str]:
+        raise CommandFailed("status needs the broker (--broker), not the control API", USAGE)
+
+
 def choose_transport(args: argparse.Namespace) -> Transport:
     """The one place deciding how a backend command reaches the gateway.
 
     Raises:
-        CommandFailed: (status 2) no usable broker configured.
+        CommandFailed: (status 2) no usable broker configured, or --url without a key.
         ConfigError: the configuration (file, environment, flags) is invalid.
     """
-    # A future HTTP control API goes here: `if args.url: return HttpTransport(...)`.
+    if getattr(args, "url", None):
+        if urlsplit(args.url).scheme not in ("http", "https"):
+            raise CommandFailed(f"--url must be http://HOST:PORT, got {args.url!r}", USAGE)
+        api_key = getattr(args, "api_key", None) or os.environ.get("WSGATE_API_KEY")
+        if not api_key:
+            raise CommandFailed("--url needs an API key: --api-key KEY or WSGATE_API_KEY", USAGE)
+        return HttpTransport(args.url, api_key)
     config = load_config(args.config, overrides={"broker": args.broker, "prefix": args.prefix})
     url = config.broker.broker
     scheme = urlsplit(url).scheme
@@ -364,6 +511,16 @@ def _add_target_flags(parser: argparse.ArgumentParser) -> None:
         "--config",
         metavar="FILE",
         help="TOML configuration file to read broker settings from (default: $WSGATE_CONFIG)",
+    )
+    group.add_argument(
+        "--url",
+        metavar="URL",
+        help="a node's HTTP control API, http://HOST:API_PORT, instead of the broker",
+    )
+    group.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="the control API's key with --url (default: $WSGATE_API_KEY)",
     )
 
 

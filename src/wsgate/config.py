@@ -56,6 +56,10 @@ class ServerConfig:
     """Seconds a graceful shutdown waits for clients to take their close frames."""
     pack_messages: bool = True
     """Pack messages queued in the same event-loop tick into one frame (an array)."""
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    """Keys of the HTTP control API (``/api/``); it is off while there are none."""
+    api_port: int = 8766
+    """Port of the HTTP control API, on ``host`` (0 picks a free one)."""
 
 
 @dataclass(frozen=True, slots=True)
