@@ -46,8 +46,8 @@ system-deps:
 	fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests scripts $(wildcard bench)
-	$(BIN)/ruff format --check src tests scripts $(wildcard bench)
+	$(BIN)/ruff check src tests scripts examples $(wildcard bench)
+	$(BIN)/ruff format --check src tests scripts examples $(wildcard bench)
 	$(BIN)/mypy
 
 test: $(STAMP) system-deps lint
