@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
-from wsgate.auth import AuthRequest, Identity
-from wsgate.errors import AuthError, TokenExpired
+from wsgate.auth import Identity
+from wsgate.errors import AuthError
 from wsgate.protocol.codec import Codec
 from wsgate.protocol.codes import CloseCode, ErrorCode
 from wsgate.protocol.messages import Auth, Error
@@ -37,6 +37,7 @@ from wsgate.protocol.session import (
     State,
     close_for_auth_error,
 )
+from wsgate.server.common import count_close, verify
 
 if TYPE_CHECKING:
     from wsgate.server.listener import Server
@@ -263,30 +264,13 @@ class Connection(WSListener):
             self.node.metrics.bad_requests += 1
             self.deliver(self.codec.encode(outcome.error))
         else:
-            metrics = self.node.metrics
-            if outcome.code == CloseCode.MESSAGE_TOO_BIG:
-                metrics.oversized_messages += 1
-            elif outcome.code == CloseCode.RATE_LIMITED:
-                metrics.rate_limited += 1
-            elif outcome.code == CloseCode.PROTOCOL_ERROR:
-                metrics.protocol_errors += 1
-            elif outcome.code == CloseCode.AUTH_FAILED:
-                metrics.auth_failures += 1
+            count_close(self.node.metrics, outcome.code)
             log.info("closing %r with %d: %s", self, outcome.code, outcome.reason)
             self._close_now(outcome.code, outcome.reason)
 
     async def _verify(self, token: str | None) -> Identity:
         """Authenticate ``token`` (with this upgrade's headers); raises AuthError."""
-        request = AuthRequest(
-            token=token,
-            headers=self._headers,
-            query=self._query,
-            remote_address=self.remote_address,
-        )
-        identity = await self.node.authenticate(request)
-        if identity.expires_at is not None and identity.expires_at <= time.time():
-            raise TokenExpired("token expired")
-        return identity
+        return await verify(self.node, token, self._headers, self._query, self.remote_address)
 
     async def _authenticate(self, token: str | None, *, final: bool) -> None:
         try:

@@ -40,8 +40,8 @@ from picows import (
 
 from wsgate.auth import OriginPolicy
 from wsgate.node import Node
-from wsgate.protocol.codec import codec_for_subprotocol
 from wsgate.protocol.codes import CloseCode
+from wsgate.server.common import Denied, door_check, offered_subprotocols, token_from
 from wsgate.server.connection import Connection, Flusher
 
 __all__ = ["Server"]
@@ -202,32 +202,24 @@ class Server:
         path, _, query_string = target.partition("?")
         if path != self.path:
             return self._http(request, path)
-        metrics = self.node.metrics
         headers = {k.lower(): v for k, v in request.headers.items()}
-        if self.node.closing or self._server is None:
-            metrics.connections_rejected += 1
-            return _error(503, "node shutting down")
-        if not self._origins.allows(headers.get("origin"), headers.get("host")):
-            metrics.connections_rejected += 1
-            log.info("rejected upgrade: origin %r not allowed", headers.get("origin"))
-            return _error(403, "origin not allowed")
-        offered = [
-            t.strip() for t in headers.get("sec-websocket-protocol", "").split(",") if t.strip()
-        ]
-        codec = codec_for_subprotocol(offered)
-        if codec is None:
-            metrics.connections_rejected += 1
-            return _error(400, "unsupported subprotocol: offer wsgate.v1.json or wsgate.v1.msgpack")
-        if len(self.connections) >= self.node.config.server.max_connections:
-            metrics.connections_rejected += 1
-            log.warning("rejected upgrade: at max_connections")
-            return _error(503, "too many connections, try again later")
+        door = door_check(
+            self.node,
+            self._origins,
+            headers,
+            connections=len(self.connections),
+            accepting=self._server is not None,
+        )
+        if isinstance(door, Denied):
+            if door.status == 403:
+                log.info("rejected upgrade: origin %r not allowed", headers.get("origin"))
+            elif door.status == 503 and not self.node.closing and self._server is not None:
+                log.warning("rejected upgrade: at max_connections")
+            return _error(door.status, door.text)
+        codec = door
+        offered = offered_subprotocols(headers)
         query = dict(parse_qsl(query_string))
-        token: str | None = query.get("token")
-        authorization = headers.get("authorization", "")
-        scheme, _, credentials = authorization.partition(" ")
-        if scheme.lower() == "bearer" and credentials.strip():
-            token = credentials.strip()
+        token = token_from(headers, query)
         conn = Connection(self, codec, token, headers, query)
         extra = {"Sec-WebSocket-Protocol": codec.subprotocol} if offered else None
         response = WSUpgradeResponse.create_101_response(extra_headers=extra)
