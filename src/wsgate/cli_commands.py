@@ -125,6 +125,7 @@ class Gateway(Protocol):
     async def connection_info(self, connection_id: str) -> ConnectionInfo | None: ...
     async def presence(self, topic: str) -> list[ConnectionInfo]: ...
     async def nodes(self) -> list[str]: ...
+    async def stats(self) -> dict[str, Any]: ...
 
 
 class Transport(Protocol):
@@ -176,6 +177,9 @@ class _BackendGateway:
 
     async def nodes(self) -> list[str]:
         return await self._backend.presence_backend.nodes()
+
+    async def stats(self) -> dict[str, Any]:
+        return await self._backend.stats()
 
 
 @dataclass(frozen=True)
@@ -313,6 +317,9 @@ class _HttpGateway:
     async def nodes(self) -> list[str]:
         raise CommandFailed("status needs the broker (--broker), not the control API", USAGE)
 
+    async def stats(self) -> dict[str, Any]:
+        raise CommandFailed("status needs the broker (--broker), not the control API", USAGE)
+
 
 def choose_transport(args: argparse.Namespace) -> Transport:
     """The one place deciding how a backend command reaches the gateway.
@@ -392,7 +399,24 @@ async def _presence(gw: Gateway, args: argparse.Namespace) -> int:
 
 
 async def _status(gw: Gateway, args: argparse.Namespace) -> int:
-    emit({"nodes": await gw.nodes()})
+    nodes = await gw.nodes()
+    stats = await gw.stats()
+    per_node = {
+        node: {
+            "connections": int(stats[node].get("connections", 0)),
+            "users": int(stats[node].get("users", 0)),
+            "patterns": int(stats[node].get("patterns", 0)),
+        }
+        for node in nodes
+        if isinstance(stats.get(node), dict)
+    }
+    emit(
+        {
+            "nodes": nodes,
+            "connections": sum(n["connections"] for n in per_node.values()),
+            "per_node": per_node,
+        }
+    )
     return 0
 
 
@@ -475,8 +499,10 @@ COMMANDS: Final[dict[str, Command]] = {
         (("topic", "the topic (dotted name)"),),
     ),
     "status": Command(
-        "list the live nodes",
-        'Print the ids of the nodes holding a live presence lease: {"nodes": [...]}.',
+        "list the live nodes, their connections and subscribed patterns",
+        'Print {"nodes": [...], "connections": N, "per_node": {node: {"connections", '
+        '"users", "patterns"}}} (a node that does not answer within 2 s is listed '
+        "without figures).",
         _status,
     ),
 }

@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -120,6 +120,13 @@ class PresenceQuery(_Envelope, frozen=True, tag="p"):
     reply_to: str
 
 
+class StatsQuery(_Envelope, frozen=True, tag="s"):
+    """Ask for the node's counters and gauges; answered with its stats map."""
+
+    rid: int
+    reply_to: str
+
+
 class CallJob(_Envelope, frozen=True, tag="c"):
     """A client call for a backend worker; answered to ``reply_to`` with a Response.
 
@@ -137,7 +144,7 @@ class CallJob(_Envelope, frozen=True, tag="c"):
     meta: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-Envelope = Deliver | Request | Response | Kick | InfoQuery | PresenceQuery | CallJob
+Envelope = Deliver | Request | Response | Kick | InfoQuery | PresenceQuery | StatsQuery | CallJob
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Envelope)
@@ -305,26 +312,39 @@ class Router:
     ) -> list[ConnectionInfo]:
         """Connections subscribed to ``topic`` on every live node (but ``skip_node``)."""
         topics.validate_topic(topic)
+        answers = await self._ask_every_node(
+            lambda rid: PresenceQuery(topic, rid, self.inbox), skip_node
+        )
+        return [info_from_payload(p) for payload in answers.values() for p in payload or ()]
+
+    async def node_stats(self) -> dict[str, Any]:
+        """Every live node's counters and gauges, by node id (nodes that did not answer
+        within two seconds are missing)."""
+        return await self._ask_every_node(lambda rid: StatsQuery(rid, self.inbox), None)
+
+    async def _ask_every_node(
+        self, build: Callable[[int], Envelope], skip_node: str | None
+    ) -> dict[str, Any]:
+        """Send a query to every live node; their answers' payloads by node id."""
         nodes = [n for n in await self.presence.nodes() if n != skip_node]
-        asked: list[tuple[int, asyncio.Future[Response]]] = []
+        asked: list[tuple[str, int, asyncio.Future[Response]]] = []
         try:
             for node in nodes:
                 rid, future = self._expect()
-                asked.append((rid, future))
-                query = encode_envelope(PresenceQuery(topic, rid, self.inbox))
-                if not await self.broker.send_direct(node, query):
+                asked.append((node, rid, future))
+                if not await self.broker.send_direct(node, encode_envelope(build(rid))):
                     future.cancel()
-            futures = [f for _, f in asked if not f.cancelled()]
+            futures = [f for _, _, f in asked if not f.cancelled()]
             if futures:
                 await asyncio.wait(futures, timeout=_PRESENCE_WAIT)
         finally:
-            for rid, _ in asked:
+            for _, rid, _ in asked:
                 self._pending.pop(rid, None)
-        infos: list[ConnectionInfo] = []
-        for _, future in asked:
-            if future.done() and not future.cancelled() and future.result().payload:
-                infos.extend(info_from_payload(p) for p in future.result().payload)
-        return infos
+        return {
+            node: future.result().payload
+            for node, _, future in asked
+            if future.done() and not future.cancelled()
+        }
 
     # -- responses --------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ from wsgate.cluster import (
     Request,
     Response,
     Router,
+    StatsQuery,
     decode_envelope,
     encode_envelope,
     info_to_payload,
@@ -558,6 +559,11 @@ class Node:
             conn = self.hub.get(envelope.cid)
             info = None if conn is None else info_to_payload(self.hub.info(conn))
             self._respond(envelope.reply_to, Response(envelope.rid, info))
+        elif isinstance(envelope, StatsQuery):
+            self._respond(
+                envelope.reply_to,
+                Response(envelope.rid, {"node": self.id, **self.metrics.snapshot()}),
+            )
         elif isinstance(envelope, PresenceQuery):
             infos = [
                 info_to_payload(self.hub.info(c)) for c in self.hub.subscribers(envelope.topic)

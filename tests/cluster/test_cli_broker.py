@@ -224,7 +224,10 @@ async def test_info_presence_and_status_print_json(node):
         assert [entry["id"] for entry in present] == [client.cid]
         assert out(await node.cli("presence", "weather")) == []
 
-        assert node.node_id in out(await node.cli("status"))["nodes"]
+        status = out(await node.cli("status"))
+        assert status["nodes"] == [node.node_id]
+        assert status["connections"] == 1
+        assert status["per_node"][node.node_id] == {"connections": 1, "users": 1, "patterns": 1}
 
 
 async def test_disconnect_closes_the_client_with_the_code(node):

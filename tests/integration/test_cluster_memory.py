@@ -164,3 +164,16 @@ async def test_backend_sdk_reaches_connections_on_every_node(pair, mint):
             await backend.request("ghost", 1, timeout=scaled(1))
         assert await backend.disconnect("dev-a", 4500, "bye") is True
         assert await on_a.closed() == 4500
+
+
+async def test_backend_stats_gather_every_node(pair, mint):
+    a, b = pair
+    await a.connect(mint(user="x"))
+    await b.connect(mint(user="y"))
+    await b.connect(mint(user="y"))
+    async with wsgate.connect_backend("memory://", bus=a.node.broker._bus) as backend:
+        stats = await backend.stats()
+    assert {node: figures["connections"] for node, figures in stats.items()} == {
+        "node-a": 1,
+        "node-b": 2,
+    }

@@ -186,6 +186,10 @@ class Backend:
         """What the holding node knows about a connection, or None."""
         return await self.router.connection_info(connection_id)
 
+    async def stats(self) -> dict[str, Any]:
+        """Every live node's counters and gauges, by node id."""
+        return await self.router.node_stats()
+
     async def presence(self, topic: str) -> list[ConnectionInfo]:
         """Every connection, on every node, subscribed to a pattern matching ``topic``."""
         return await self.router.presence_of(topic)
