@@ -10,9 +10,12 @@ same event loop); ``playwright install`` is never needed.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import urllib.request
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -313,3 +316,31 @@ async def test_chat_example_shows_presence_and_messages(gw, mint, browser):
     await wait_for(alice, "document.getElementById('log').textContent.includes('hello <b>tea</b>')")
     await bob.close(run_before_unload=True)  # pagehide: bob leaves
     await wait_for(alice, "document.getElementById('people').textContent === 'alice'")
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+async def test_the_readme_browser_snippet_runs(gw, mint, browser):
+    readme = await asyncio.to_thread(README.read_text, encoding="utf-8")
+    [snippet] = re.findall(r"```js\n(.*?)```", readme, flags=re.S)
+    # A module's static import becomes a dynamic one so the page can evaluate it.
+    body = snippet.replace(
+        'import { connect } from "/client.js";', 'const { connect } = await import("/client.js");'
+    )
+    assert "await import" in body, "the README snippet no longer imports /client.js"
+    page = await browser.new_page()
+    logged: list[str] = []
+    seen = asyncio.Event()
+
+    def on_console(message: Any) -> None:
+        logged.append(message.text)
+        if "chat.lobby" in message.text:
+            seen.set()
+
+    page.on("console", on_console)
+    await page.goto(http_base(gw) + "/client.js")  # any page of the node's origin
+    token = mint(user="alice", subscribe=["chat.>"], publish=["chat.>"])
+    await page.evaluate(f"async () => {{ const token = {json.dumps(token)};\n{body}\n}}")
+    await asyncio.wait_for(seen.wait(), scaled(5))
+    assert any("chat.lobby" in line and "hi" in line for line in logged), logged
