@@ -6,8 +6,9 @@ STAMP  := $(VENV)/.installed
 DEV_CONFIG := .wsgate/dev.toml
 HOST ?= 127.0.0.1
 PORT ?= 8765
-# Debian packages the test suite starts as real servers (chromium: the browser tests).
-APT_PACKAGES := redis-server chromium
+# Debian packages the tests use: real servers, the browser tests' chromium, and curl
+# for the README's HTTP examples.
+APT_PACKAGES := redis-server chromium curl
 
 .PHONY: serve test lint install system-deps clean
 

@@ -8,7 +8,10 @@ token it accepts. Embedding snippets get anonymous access on a free port.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
+import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
@@ -74,3 +77,32 @@ def test_configuration_page_matches_the_configuration_tree() -> None:
     page = (README.parent / "docs" / "configuration.md").read_text(encoding="utf-8")
     assert page == module.render(), "run: python scripts/config_docs.py"
     assert "|  |" not in page, "a setting has no docstring in wsgate/config.py"
+
+
+def _sh_block_with(marker: str) -> str:
+    blocks = re.findall(r"```sh\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    [block] = [b for b in blocks if marker in b]
+    return block
+
+
+async def test_readme_control_api_snippet_runs(wsgate_serve: Any) -> None:
+    """The curl commands of the README, against a node with that API key."""
+    snippet = _sh_block_with("/api/publish")
+    async with wsgate_serve("--anonymous", "--api-key", "readme-key", "--api-port", "0") as served:
+        assert served.proc.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(served.proc.stdout.readline), 15)
+        match = re.search(r"control API on (http://[^/\s]+)/api/", line)
+        assert match, line
+        script = snippet.replace("http://127.0.0.1:8766", match.group(1))
+        result = await asyncio.to_thread(
+            subprocess.run,
+            ["bash", "-c", script],
+            env={**os.environ, "KEY": "readme-key"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 0, result.stderr
+    first, second = result.stdout.replace("}{", "}\n{").splitlines()
+    assert json.loads(first) == {"ok": True}
+    assert json.loads(second)["error"]["code"] == "not_connected"
