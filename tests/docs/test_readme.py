@@ -12,6 +12,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -106,3 +107,30 @@ async def test_readme_control_api_snippet_runs(wsgate_serve: Any) -> None:
     first, second = result.stdout.replace("}{", "}\n{").splitlines()
     assert json.loads(first) == {"ok": True}
     assert json.loads(second)["error"]["code"] == "not_connected"
+
+
+async def test_readme_cli_snippet_runs(
+    readme_node: Any, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The CLI lines of the README (all but `listen`, which waits for messages)."""
+    _served, prefix = readme_node
+    lines = [
+        line
+        for line in _sh_block_with("wsgate publish").splitlines()
+        if line.strip() and "wsgate listen" not in line
+    ]
+    script = "\n".join(lines).replace(README_REDIS, redis_server.url)
+    bin_dir = str(Path(sys.executable).parent)
+    result = await asyncio.to_thread(
+        subprocess.run,
+        ["bash", "-c", script],
+        env={**os.environ, "WSGATE_PREFIX": prefix, "PATH": bin_dir + ":" + os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # device-7 is not connected: request, send and info report it; the rest succeed.
+    assert "connection 'device-7' is not connected" in result.stderr, result.stderr
+    assert "usage" not in result.stderr.lower(), result.stderr
+    status = json.loads(result.stdout.strip().splitlines()[-1])
+    assert status["nodes"] and status["connections"] == 0, status
