@@ -484,8 +484,11 @@ class Node:
         self._forget(conn)
 
     def new_connection_id(self) -> str:
-        """A fresh server-assigned connection id (unguessable, unique across nodes)."""
-        return secrets.token_urlsafe(12)
+        """A fresh server-assigned connection id (unguessable, unique across nodes).
+
+        Hex only: safe in URLs, shells and command lines (never starts with ``-``).
+        """
+        return secrets.token_hex(10)
 
     def handle(self, conn: ClientConnection, message: ClientMessage) -> None:
         """Act on one valid message from an authenticated client."""

@@ -353,7 +353,7 @@ async def test_cli_publishes_through_the_control_api(wsgate_serve: Any, wsgate_r
             result = await asyncio.to_thread(
                 wsgate_run, "info", "--url", url, cid, env={"WSGATE_API_KEY": "k"}
             )
-            assert result.returncode == 0, result.stderr
+            assert result.returncode == 0, (result.stdout, result.stderr)
             assert json.loads(result.stdout)["id"] == cid
 
             result = await asyncio.to_thread(

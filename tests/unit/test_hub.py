@@ -85,3 +85,13 @@ def test_users_and_info() -> None:
     hub.remove(b)
     assert hub.of_user("ann") == ()
     assert len(hub) == 1
+
+
+def test_server_assigned_connection_ids_are_command_line_safe() -> None:
+    from wsgate import Node  # noqa: PLC0415 - a node without a server, for its id factory
+    from wsgate.config import Config, replace  # noqa: PLC0415
+
+    node = Node(replace(Config(), anonymous=True))
+    ids = {node.new_connection_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    assert all(cid.isalnum() and cid.isascii() and len(cid) >= 16 for cid in ids)
