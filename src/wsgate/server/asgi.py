@@ -38,8 +38,8 @@ from wsgate.auth import Identity, OriginPolicy
 from wsgate.errors import AuthError
 from wsgate.node import Node
 from wsgate.protocol.codec import Codec
-from wsgate.protocol.codes import CloseCode, ErrorCode
-from wsgate.protocol.messages import Auth, Error
+from wsgate.protocol.codes import CloseCode
+from wsgate.protocol.messages import Auth
 from wsgate.protocol.session import (
     Close,
     Received,
@@ -48,7 +48,15 @@ from wsgate.protocol.session import (
     State,
     close_for_auth_error,
 )
-from wsgate.server.common import Denied, count_close, door_check, token_from, verify
+from wsgate.server.common import (
+    Denied,
+    close_if_overdue,
+    count_close,
+    door_check,
+    reauthenticate,
+    token_from,
+    verify,
+)
 from wsgate.server.control import ASGIApp, Receive, Scope, Send, control_app
 
 __all__ = ["AsgiConnection", "AsgiGateway"]
@@ -214,18 +222,7 @@ class AsgiConnection:
         await self.node.attach(self)
 
     async def _reauthenticate(self, message: Auth) -> None:
-        try:
-            identity = await verify(
-                self.node, message.token, self._headers, self._query, self.remote_address
-            )
-        except AuthError as exc:
-            self.node.metrics.auth_failures += 1
-            log.info("re-authentication failed for %r: %s", self, exc)
-            error = Error(code=ErrorCode.AUTH_FAILED, message=str(exc)[:120], id=message.id)
-            self.deliver(self.codec.encode(error))
-            return
-        if not self.closing:
-            self.node.reauthenticate(self, identity, message.id)
+        await reauthenticate(self.node, self, message, self._headers, self._query)
 
     # -- outbound ---------------------------------------------------------------------
 
@@ -452,22 +449,10 @@ class AsgiGateway:
 
     def sweep(self) -> None:
         """Authentication deadline and token expiry of every connection (once a second)."""
-        handshake = self.node.config.server.handshake_timeout
         now = time.monotonic()
         wall = time.time()
         for conn in list(self.connections):
-            if conn.closing:
-                continue
-            if not conn.authenticated:
-                if now - conn.accepted_at > handshake:
-                    log.info("closing %r: no authentication within %g s", conn, handshake)
-                    conn.close(CloseCode.AUTH_TIMEOUT, "authentication timeout")
-                continue
-            expires = conn.identity.expires_at
-            if expires is not None and wall >= expires:
-                self.node.metrics.token_expirations += 1
-                log.info("closing %r: token expired", conn)
-                conn.close(CloseCode.TOKEN_EXPIRED, "token expired")
+            close_if_overdue(self.node, conn, now, wall)
 
 
 async def _deny(scope: Scope, send: Send, denied: Denied) -> None:

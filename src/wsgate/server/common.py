@@ -7,27 +7,47 @@ are the one place the checks are written.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from wsgate.auth import AuthRequest, Identity, OriginPolicy
-from wsgate.errors import TokenExpired
+from wsgate.errors import AuthError, TokenExpired
+from wsgate.hub import ClientConnection
 from wsgate.protocol.codec import Codec, codec_for_subprotocol
-from wsgate.protocol.codes import CloseCode
+from wsgate.protocol.codes import CloseCode, ErrorCode
+from wsgate.protocol.messages import Auth, Error
 
 if TYPE_CHECKING:
     from wsgate.metrics import Metrics
     from wsgate.node import Node
 
 __all__ = [
+    "AdapterConnection",
     "Denied",
+    "close_if_overdue",
     "count_close",
     "door_check",
     "offered_subprotocols",
+    "reauthenticate",
     "token_from",
     "verify",
 ]
+
+log = logging.getLogger("wsgate.server")
+
+
+class AdapterConnection(ClientConnection, Protocol):
+    """What both adapters' connections add to :class:`~wsgate.hub.ClientConnection`."""
+
+    closing: bool
+    accepted_at: float
+
+    @property
+    def authenticated(self) -> bool:
+        """True once the session is open."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,3 +127,47 @@ def count_close(metrics: Metrics, code: int) -> None:
         metrics.protocol_errors += 1
     elif code == CloseCode.AUTH_FAILED:
         metrics.auth_failures += 1
+
+
+async def reauthenticate(
+    node: Node,
+    conn: AdapterConnection,
+    message: Auth,
+    headers: dict[str, str],
+    query: dict[str, str],
+) -> None:
+    """An ``auth`` on an open connection: apply the new identity, or answer ``auth_failed``."""
+    try:
+        identity = await verify(node, message.token, headers, query, conn.remote_address)
+    except AuthError as exc:
+        node.metrics.auth_failures += 1
+        log.info("re-authentication failed for %r: %s", conn, exc)
+        error = Error(code=ErrorCode.AUTH_FAILED, message=str(exc)[:120], id=message.id)
+        conn.deliver(conn.codec.encode(error))
+        return
+    if not conn.closing:
+        node.reauthenticate(conn, identity, message.id)
+
+
+def close_if_overdue(node: Node, conn: AdapterConnection, now: float, wall: float) -> bool:
+    """Close a connection past its authentication deadline or token expiry.
+
+    Returns:
+        True when the connection is closing or not yet authenticated (nothing
+        more to check for it this sweep).
+    """
+    if conn.closing:
+        return True
+    if not conn.authenticated:
+        handshake = node.config.server.handshake_timeout
+        if now - conn.accepted_at > handshake:
+            log.info("closing %r: no authentication within %g s", conn, handshake)
+            conn.close(CloseCode.AUTH_TIMEOUT, "authentication timeout")
+        return True
+    expires = conn.identity.expires_at
+    if expires is not None and wall >= expires:
+        node.metrics.token_expirations += 1
+        log.info("closing %r: token expired", conn)
+        conn.close(CloseCode.TOKEN_EXPIRED, "token expired")
+        return True
+    return False

@@ -27,8 +27,8 @@ from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 from wsgate.auth import Identity
 from wsgate.errors import AuthError
 from wsgate.protocol.codec import Codec
-from wsgate.protocol.codes import CloseCode, ErrorCode
-from wsgate.protocol.messages import Auth, Error
+from wsgate.protocol.codes import CloseCode
+from wsgate.protocol.messages import Auth
 from wsgate.protocol.session import (
     Close,
     Received,
@@ -37,7 +37,7 @@ from wsgate.protocol.session import (
     State,
     close_for_auth_error,
 )
-from wsgate.server.common import count_close, verify
+from wsgate.server.common import count_close, reauthenticate, verify
 
 if TYPE_CHECKING:
     from wsgate.server.listener import Server
@@ -301,16 +301,7 @@ class Connection(WSListener):
             self._on_message(payload)
 
     async def _reauthenticate(self, message: Auth) -> None:
-        try:
-            identity = await self._verify(message.token)
-        except AuthError as exc:
-            self.node.metrics.auth_failures += 1
-            log.info("re-authentication failed for %r: %s", self, exc)
-            error = Error(code=ErrorCode.AUTH_FAILED, message=str(exc)[:120], id=message.id)
-            self.deliver(self.codec.encode(error))
-            return
-        if not self.closing:
-            self.node.reauthenticate(self, identity, message.id)
+        await reauthenticate(self.node, self, message, self._headers, self._query)
 
     # -- outbound ---------------------------------------------------------------------
 

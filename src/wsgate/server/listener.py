@@ -41,7 +41,13 @@ from picows import (
 from wsgate.auth import OriginPolicy
 from wsgate.node import Node
 from wsgate.protocol.codes import CloseCode
-from wsgate.server.common import Denied, door_check, offered_subprotocols, token_from
+from wsgate.server.common import (
+    Denied,
+    close_if_overdue,
+    door_check,
+    offered_subprotocols,
+    token_from,
+)
 from wsgate.server.connection import Connection, Flusher
 
 __all__ = ["Server"]
@@ -266,24 +272,12 @@ class Server:
         now = time.monotonic()
         wall = time.time()
         metrics = self.node.metrics
-        handshake = cfg.server.handshake_timeout
         interval = cfg.keepalive.ping_interval
         pong_timeout = cfg.keepalive.pong_timeout
         for conn in list(self.connections):
-            if conn.closing:
-                if conn.abort_at and now >= conn.abort_at:
-                    conn.abort()
-                continue
-            if not conn.authenticated:
-                if now - conn.accepted_at > handshake:
-                    log.info("closing %r: no authentication within %g s", conn, handshake)
-                    conn.close(CloseCode.AUTH_TIMEOUT, "authentication timeout")
-                continue
-            expires = conn.identity.expires_at
-            if expires is not None and wall >= expires:
-                metrics.token_expirations += 1
-                log.info("closing %r: token expired", conn)
-                conn.close(CloseCode.TOKEN_EXPIRED, "token expired")
+            if conn.closing and conn.abort_at and now >= conn.abort_at:
+                conn.abort()
+            if close_if_overdue(self.node, conn, now, wall):
                 continue
             if conn.ping_sent_at:
                 if now - conn.ping_sent_at > pong_timeout:
