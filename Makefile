@@ -10,7 +10,7 @@ PORT ?= 8765
 # for the README's HTTP examples.
 APT_PACKAGES := redis-server chromium curl
 
-.PHONY: serve test lint install system-deps clean
+.PHONY: serve test lint install system-deps bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "wsgate needs Python 3.11 or newer")'
@@ -53,6 +53,16 @@ lint: $(STAMP)
 
 test: $(STAMP) system-deps lint
 	$(BIN)/pytest
+
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	@touch $@
+
+# Every workload against wsgate and its peers in one run; rewrites docs/benchmarks.md.
+bench: $(BENCH_STAMP)
+	@$(MAKE) --no-print-directory system-deps APT_PACKAGES="redis-server nats-server"
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
