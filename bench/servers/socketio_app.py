@@ -1,0 +1,289 @@
+"""Benchmark peer: python-socketio 5 (ASGI) on uvicorn, optionally clustered through Redis.
+
+Started as ``python bench/servers/socketio_app.py --port P [--redis URL] [--node 0|1]``.
+It prints one ``{"ready": true}`` line on stdout once uvicorn listens, then answers one
+JSON command per stdin line (``publish``, ``requests``, ``rss``, ``quit``) with one JSON
+line on stdout. Logs go to stderr.
+
+Wire (engine.io 4 over a raw WebSocket, no polling):
+``ws://127.0.0.1:P/socket.io/?EIO=4&transport=websocket``. A client sends ``40`` (a W3
+device sends ``40{"dev":"dev-17"}``), subscribes with ``420["sub","bench.t"]`` and gets
+the ack ``430[true]``; publications arrive as ``42["m","<payload>"]``. A request arrives
+as ``42<id>["req","<payload>"]`` and the device answers ``43<id>["<payload>"]``.
+
+Settings, chosen as an experienced user would for a benchmark:
+
+- ``logger=False`` and ``engineio_logger=False``: no per-packet logging (both libraries
+  leave their loggers at ERROR; the per-packet ``logger.info`` calls become level checks).
+- ``transports=["websocket"]``: no long-polling transport or upgrade dance; clients open
+  the WebSocket directly, which is how a benchmark client and most production clients
+  that know their network connect.
+- ``cors_allowed_origins="*"``: a load generator that sends an ``Origin`` header is not
+  refused by the same-origin check; nothing else changes.
+- ``http_compression=False``: irrelevant on WebSocket, turned off so no polling response
+  is ever compressed either.
+- ``ping_interval``/``ping_timeout`` left at the defaults (25 s / 20 s): the clients
+  answer engine.io pings (``2`` -> ``3``), as a real client would.
+- ``async_handlers`` left on (the default): each event handler runs in its own task, so a
+  slow ``sub`` cannot hold up the reader of a connection.
+- AsyncRedisManager (``--redis URL``): the standard way to run several python-socketio
+  nodes. ``emit`` delivers to this node's room members directly and publishes one
+  message on the ``socketio`` Redis channel; the other nodes deliver it to theirs.
+- uvicorn in the same process: ``loop="uvloop"``, ``ws="websockets"``,
+  ``access_log=False``, ``log_level="warning"``, ``lifespan="off"`` (no startup hooks),
+  ``ws_per_message_deflate=False`` (no per-frame compression: the payloads are small and
+  compressing each copy of a fan-out costs CPU the benchmark would measure as the peer's),
+  ``ws_ping_interval=None`` (engine.io already runs a heartbeat; a second WebSocket-level
+  ping would only add frames), ``backlog=4096`` (1,000+ clients connecting at once).
+
+Nothing is dropped by python-socketio itself: every engine.io socket has an unbounded
+send queue, so a slow reader makes the server's memory grow instead of losing messages.
+Across nodes, Redis pub/sub is at most once: a node whose subscriber connection falls
+behind Redis's ``client-output-buffer-limit pubsub`` (32 MB hard, 8 MB for 60 s by
+default) is disconnected by Redis and loses what was in flight.
+
+Payloads: ``"%019d" % time.monotonic_ns()`` taken just before each message is published,
+padded with ``x`` to the requested size (never shorter than the 19 digits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from typing import Any
+
+import socketio
+import uvicorn
+import uvloop
+
+log = logging.getLogger("socketio_app")
+
+# uvicorn 0.3x+ warns that ws="websockets" (the legacy websockets protocol) will later mean
+# the sans-I/O one; the legacy implementation is the one asked for, keep stderr quiet.
+warnings.filterwarnings("ignore", message=".*websockets.* implementation is deprecated")
+
+
+def make_payload(size: int) -> str:
+    """The publication payload: a 19-digit monotonic timestamp padded with x to size."""
+    return ("%019d" % time.monotonic_ns()).ljust(size, "x")
+
+
+def read_rss_kib() -> int:
+    """VmRSS of this process in KiB, from /proc/self/status."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def write_line(obj: dict[str, Any]) -> None:
+    """One JSON line on stdout, flushed."""
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def percentile(sorted_values: list[int], q: float) -> int:
+    """Nearest-rank percentile of an ascending list (0 when empty)."""
+    if not sorted_values:
+        return 0
+    index = min(len(sorted_values) - 1, max(0, int(q * len(sorted_values) + 0.5) - 1))
+    return sorted_values[index]
+
+
+class Peer:
+    """The Socket.IO server and the commands the orchestrator drives it with."""
+
+    def __init__(self, redis_url: str | None) -> None:
+        manager = socketio.AsyncRedisManager(redis_url) if redis_url else None
+        self.sio = socketio.AsyncServer(
+            async_mode="asgi",
+            client_manager=manager,
+            logger=False,
+            engineio_logger=False,
+            transports=["websocket"],
+            cors_allowed_origins="*",
+            http_compression=False,
+        )
+        self.app = socketio.ASGIApp(self.sio)
+        # W3: device id (from the CONNECT auth payload) -> Socket.IO sid.
+        self.devices: dict[str, str] = {}
+        self.sio.on("connect", self.on_connect)
+        self.sio.on("disconnect", self.on_disconnect)
+        self.sio.on("sub", self.on_sub)
+
+    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
+        if isinstance(auth, dict) and isinstance(auth.get("dev"), str):
+            self.devices[auth["dev"]] = sid
+        return True
+
+    async def on_disconnect(self, sid: str, reason: Any = None) -> None:
+        for dev, dev_sid in list(self.devices.items()):
+            if dev_sid == sid:
+                del self.devices[dev]
+
+    async def on_sub(self, sid: str, topic: Any) -> bool:
+        if not isinstance(topic, str):
+            return False
+        await self.sio.enter_room(sid, topic)
+        return True
+
+    async def publish(self, topic: str, count: int, size: int, rate: float) -> dict[str, Any]:
+        emit = self.sio.emit
+        start = time.monotonic()
+        for i in range(count):
+            if rate > 0:
+                delay = start + i / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            await emit("m", make_payload(size), room=topic)
+        return {"published": count, "seconds": time.monotonic() - start}
+
+    async def requests(self, count: int, inflight: int, seconds: float, size: int) -> dict[str, Any]:
+        sids = list(self.devices.values())[:count]
+        if not sids:
+            return {"error": "no devices connected"}
+        if len(sids) < count:
+            log.warning("requests: %d devices asked for, %d connected", count, len(sids))
+        latencies: list[int] = []
+        ok = 0
+        errors = 0
+        turn = itertools.count()
+        call = self.sio.call
+        start = time.monotonic()
+        deadline = start + seconds
+
+        async def worker() -> None:
+            nonlocal ok, errors
+            while time.monotonic() < deadline:
+                sid = sids[next(turn) % len(sids)]
+                payload = make_payload(size)
+                t0 = time.perf_counter_ns()
+                try:
+                    answer = await call("req", payload, to=sid, timeout=5)
+                except Exception:  # socketio.exceptions.TimeoutError, a closed socket...
+                    errors += 1
+                    continue
+                elapsed = time.perf_counter_ns() - t0
+                if answer == payload:
+                    ok += 1
+                    latencies.append(elapsed // 1000)
+                else:
+                    errors += 1
+
+        await asyncio.gather(*(worker() for _ in range(max(1, inflight))))
+        latencies.sort()
+        return {
+            "ok": ok,
+            "errors": errors,
+            "seconds": time.monotonic() - start,
+            "p50_us": percentile(latencies, 0.50),
+            "p99_us": percentile(latencies, 0.99),
+        }
+
+    async def handle(self, cmd: dict[str, Any]) -> dict[str, Any] | None:
+        """Run one command; None means quit."""
+        name = cmd.get("cmd")
+        if name == "publish":
+            return await self.publish(
+                str(cmd["topic"]), int(cmd["count"]), int(cmd["size"]), float(cmd.get("rate", 0))
+            )
+        if name == "requests":
+            return await self.requests(
+                int(cmd["count"]),
+                int(cmd.get("inflight", 1)),
+                float(cmd["seconds"]),
+                int(cmd.get("size", 100)),
+            )
+        if name == "rss":
+            return {"rss_kib": read_rss_kib()}
+        if name == "quit":
+            return None
+        return {"error": f"unknown command {name!r}"}
+
+
+async def stdin_lines() -> asyncio.StreamReader:
+    """An asyncio reader on stdin, fed by the event loop (a pipe, as the orchestrator opens)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 20)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return reader
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--redis", default=None, help="redis:// URL: AsyncRedisManager")
+    parser.add_argument("--node", type=int, default=0, help="node index (for the logs)")
+    args = parser.parse_args()
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.stderr,
+        format=f"socketio[{args.node}] %(levelname)s %(name)s: %(message)s",
+    )
+
+    peer = Peer(args.redis)
+    config = uvicorn.Config(
+        peer.app,
+        host="127.0.0.1",
+        port=args.port,
+        loop="uvloop",
+        ws="websockets",
+        ws_per_message_deflate=False,
+        ws_ping_interval=None,
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        backlog=4096,
+        timeout_graceful_shutdown=3,
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        if serving.done():
+            serving.result()  # raises why uvicorn could not start
+            return 1
+        await asyncio.sleep(0.01)
+    if args.redis:
+        # Start the Redis listener now rather than on the first emit, so a node that only
+        # receives (W2 subscribers on the second node) is subscribed before publishing.
+        peer.sio.manager_initialized = True
+        peer.sio.manager.initialize()
+    write_line({"ready": True})
+
+    reader = await stdin_lines()
+    while True:
+        line = await reader.readline()
+        if not line:
+            break  # stdin closed: the orchestrator went away
+        if not line.strip():
+            continue
+        try:
+            answer = await peer.handle(json.loads(line))
+        except Exception as exc:
+            log.exception("command failed: %r", line)
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        if answer is None:
+            break
+        write_line(answer)
+
+    server.should_exit = True
+    try:
+        await asyncio.wait_for(serving, 10)
+    except (TimeoutError, asyncio.CancelledError):
+        log.warning("uvicorn did not stop in time")
+    return 0
+
+
+if __name__ == "__main__":
+    code = uvloop.run(main())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
