@@ -72,7 +72,7 @@ warnings.filterwarnings("ignore", message=".*websockets.* implementation is depr
 
 def make_payload(size: int) -> str:
     """The publication payload: a 19-digit monotonic timestamp padded with x to size."""
-    return ("%019d" % time.monotonic_ns()).ljust(size, "x")
+    return f"{time.monotonic_ns():019d}".ljust(size, "x")
 
 
 def read_rss_kib() -> int:
@@ -146,7 +146,9 @@ class Peer:
             await emit("m", make_payload(size), room=topic)
         return {"published": count, "seconds": time.monotonic() - start}
 
-    async def requests(self, count: int, inflight: int, seconds: float, size: int) -> dict[str, Any]:
+    async def requests(
+        self, count: int, inflight: int, seconds: float, size: int
+    ) -> dict[str, Any]:
         sids = list(self.devices.values())[:count]
         if not sids:
             return {"error": "no devices connected"}
