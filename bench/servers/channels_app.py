@@ -1,0 +1,218 @@
+"""Benchmark peer: Django Channels 4 on uvicorn, optionally clustered through Redis.
+
+Started as ``python bench/servers/channels_app.py --port P [--redis URL] [--node 0|1]``.
+It prints one ``{"ready": true}`` line on stdout once uvicorn listens, then answers one
+JSON command per stdin line (``publish``, ``rss``, ``quit``; ``requests`` answers
+``{"error": "unsupported"}``) with one JSON line on stdout. Logs go to stderr.
+
+Wire: ``ws://127.0.0.1:P/ws/``; the client sends ``{"sub":"bench.t"}``, the consumer joins
+the group and answers ``{"ok":true}``; each publication is one text frame holding exactly
+the payload. ``publish`` calls ``channel_layer.group_send(group, {"type": "bench.msg",
+"text": payload})`` once per message and the consumer's ``bench_msg`` sends the frame.
+The group is the topic itself (``bench.t`` is a valid group name: letters, digits, ``-``,
+``_`` and ``.``); other characters would become ``_`` (channels_site/consumers.py).
+
+Django is configured in code (channels_site/settings.py): ``DEBUG=False``, no database, no
+installed apps, ``django.setup()``; the ASGI app is a ``ProtocolTypeRouter`` with the
+consumer at ``/ws/`` (channels_site/asgi.py).
+
+Channel layer:
+
+- without ``--redis``: ``channels.layers.InMemoryChannelLayer`` (single process).
+- with ``--redis URL``: ``channels_redis.pubsub.RedisPubSubChannelLayer``. Measured
+  against ``RedisChannelLayer`` here (200 subscribers on two nodes, 100 messages of 100
+  bytes, one redis-server): RedisPubSubChannelLayer fanned out about 1.6x faster. Its
+  ``group_send`` is one ``PUBLISH`` of the serialized message, and each node delivers it to
+  its local group members from one subscriber connection. RedisChannelLayer's
+  ``group_send`` does a ``ZRANGE`` of the group, a pipeline of ``ZREMRANGEBYSCORE`` and a
+  Lua script per message, and serializes into each message the names of every recipient
+  channel on that node (about 60 bytes per subscriber, 60 KB per message for 1,000
+  subscribers), which each node then pops with ``BZPOPMIN`` one message at a time.
+  ``--layer core`` selects RedisChannelLayer for comparison.
+
+What the layers drop, and the limits raised (channels_site/settings.py):
+
+- InMemoryChannelLayer and RedisChannelLayer have ``capacity`` (default 100 queued messages
+  per channel; raised to 100,000) and ``expiry`` (default 60 s; raised to 3,600 s). With the
+  defaults a group message to a full channel is skipped silently, and a message that waits
+  longer than ``expiry`` is dropped (the in-memory layer also removes that channel from all
+  its groups, so it gets nothing more). RedisChannelLayer's capacity applies to the one
+  Redis key all consumers of a node share, and its receive buffer drops the oldest message
+  once a consumer has ``capacity`` waiting.
+- RedisPubSubChannelLayer has no capacity or expiry (an unbounded queue per consumer).
+  Redis pub/sub is at most once: a subscriber connection over Redis's
+  ``client-output-buffer-limit pubsub`` (32 MB hard, 8 MB for 60 s, by default) is closed
+  by Redis and what was in flight is lost.
+
+Other costs that are the peer's own and left as they are: the in-memory layer deep-copies
+each message per recipient and scans every channel and group for expired entries on each
+``receive``, so its per-delivery cost grows with the number of connections.
+
+uvicorn runs in the same process with the same settings as the Socket.IO peer:
+``loop="uvloop"``, ``ws="websockets"``, ``access_log=False``, ``log_level="warning"``,
+``lifespan="off"``, ``ws_per_message_deflate=False`` (no per-frame compression of small
+payloads), ``ws_ping_interval=None`` (WebSocket-level keepalive pings are not needed on
+loopback and would only add frames; clients answer them either way), ``backlog=4096``.
+
+Payloads: ``"%019d" % time.monotonic_ns()`` taken just before each message is published,
+padded with ``x`` to the requested size (never shorter than the 19 digits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from typing import Any
+
+import uvicorn
+import uvloop
+from channels.layers import get_channel_layer
+from channels_site.asgi import build_application
+from channels_site.consumers import group_of
+from channels_site.settings import LAYERS, configure_django
+
+log = logging.getLogger("channels_app")
+
+# uvicorn warns that ws="websockets" (the legacy websockets protocol) will later mean the
+# sans-I/O one; the legacy implementation is the one asked for, keep stderr quiet.
+warnings.filterwarnings("ignore", message=".*websockets.* implementation is deprecated")
+
+
+def make_payload(size: int) -> str:
+    """The publication payload: a 19-digit monotonic timestamp padded with x to size."""
+    return f"{time.monotonic_ns():019d}".ljust(size, "x")
+
+
+def read_rss_kib() -> int:
+    """VmRSS of this process in KiB, from /proc/self/status."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def write_line(obj: dict[str, Any]) -> None:
+    """One JSON line on stdout, flushed."""
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+async def publish(topic: str, count: int, size: int, rate: float) -> dict[str, Any]:
+    """group_send count payloads to the topic's group, at rate per second (0: back to back)."""
+    group_send = get_channel_layer().group_send
+    group = group_of(topic)
+    start = time.monotonic()
+    for i in range(count):
+        if rate > 0:
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await group_send(group, {"type": "bench.msg", "text": make_payload(size)})
+    return {"published": count, "seconds": time.monotonic() - start}
+
+
+async def handle(cmd: dict[str, Any]) -> dict[str, Any] | None:
+    """Run one command; None means quit."""
+    name = cmd.get("cmd")
+    if name == "publish":
+        return await publish(
+            str(cmd["topic"]), int(cmd["count"]), int(cmd["size"]), float(cmd.get("rate", 0))
+        )
+    if name == "requests":
+        return {"error": "unsupported"}
+    if name == "rss":
+        return {"rss_kib": read_rss_kib()}
+    if name == "quit":
+        return None
+    return {"error": f"unknown command {name!r}"}
+
+
+async def stdin_lines() -> asyncio.StreamReader:
+    """An asyncio reader on stdin, fed by the event loop (a pipe, as the orchestrator opens)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 20)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return reader
+
+
+async def serve(args: argparse.Namespace) -> int:
+    config = uvicorn.Config(
+        build_application(),
+        host="127.0.0.1",
+        port=args.port,
+        loop="uvloop",
+        ws="websockets",
+        ws_per_message_deflate=False,
+        ws_ping_interval=None,
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        backlog=4096,
+        timeout_graceful_shutdown=3,
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        if serving.done():
+            serving.result()  # raises why uvicorn could not start
+            return 1
+        await asyncio.sleep(0.01)
+    write_line({"ready": True})
+
+    reader = await stdin_lines()
+    while True:
+        line = await reader.readline()
+        if not line:
+            break  # stdin closed: the orchestrator went away
+        if not line.strip():
+            continue
+        try:
+            answer = await handle(json.loads(line))
+        except Exception as exc:
+            log.exception("command failed: %r", line)
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        if answer is None:
+            break
+        write_line(answer)
+
+    server.should_exit = True
+    try:
+        await asyncio.wait_for(serving, 10)
+    except (TimeoutError, asyncio.CancelledError):
+        log.warning("uvicorn did not stop in time")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--redis", default=None, help="redis:// URL: channels_redis layer")
+    parser.add_argument("--node", type=int, default=0, help="node index (for the logs)")
+    parser.add_argument(
+        "--layer",
+        choices=sorted(LAYERS),
+        default="pubsub",
+        help="channels_redis layer with --redis (default: pubsub, the faster fan-out)",
+    )
+    args = parser.parse_args()
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.stderr,
+        format=f"channels[{args.node}] %(levelname)s %(name)s: %(message)s",
+    )
+    configure_django(args.redis, args.layer)
+    return uvloop.run(serve(args))
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
