@@ -13,8 +13,10 @@ as ``42<id>["req","<payload>"]`` and the device answers ``43<id>["<payload>"]``.
 
 Settings, chosen as an experienced user would for a benchmark:
 
-- ``logger=False`` and ``engineio_logger=False``: no per-packet logging (both libraries
-  leave their loggers at ERROR; the per-packet ``logger.info`` calls become level checks).
+- ``logger``/``engineio_logger``: the libraries' own ``socketio.server`` and
+  ``engineio.server`` loggers, passed as objects so the libraries add no handler of their
+  own (no duplicate lines) and log through the process's stderr handler at WARNING: no
+  per-packet logging, the per-packet ``logger.info`` calls are level checks.
 - ``transports=["websocket"]``: no long-polling transport or upgrade dance; clients open
   the WebSocket directly, which is how a benchmark client and most production clients
   that know their network connect.
@@ -29,6 +31,8 @@ Settings, chosen as an experienced user would for a benchmark:
 - AsyncRedisManager (``--redis URL``): the standard way to run several python-socketio
   nodes. ``emit`` delivers to this node's room members directly and publishes one
   message on the ``socketio`` Redis channel; the other nodes deliver it to theirs.
+  ``redis_options={"max_connections": 10_000}`` (see ``REDIS_POOL``): redis-py 8's default
+  pool of 100 connections overflows with 100 concurrent ``call``s.
 - uvicorn in the same process: ``loop="uvloop"``, ``ws="websockets"``,
   ``access_log=False``, ``log_level="warning"``, ``lifespan="off"`` (no startup hooks),
   ``ws_per_message_deflate=False`` (no per-frame compression: the payloads are small and
@@ -64,6 +68,12 @@ import uvicorn
 import uvloop
 
 log = logging.getLogger("socketio_app")
+
+# redis-py 8 caps a client's connection pool at 100 connections. Every concurrent emit
+# publishes on its own pooled connection, so 100 ``requests`` in flight plus the listener
+# overflow it: the manager logs "Cannot publish to redis... retrying" and reconnects, which
+# replaces its pub/sub connection. A pool this large never overflows in the benchmark.
+REDIS_POOL = 10_000
 
 # uvicorn 0.3x+ warns that ws="websockets" (the legacy websockets protocol) will later mean
 # the sans-I/O one; the legacy implementation is the one asked for, keep stderr quiet.
@@ -102,12 +112,16 @@ class Peer:
     """The Socket.IO server and the commands the orchestrator drives it with."""
 
     def __init__(self, redis_url: str | None) -> None:
-        manager = socketio.AsyncRedisManager(redis_url) if redis_url else None
+        manager = (
+            socketio.AsyncRedisManager(redis_url, redis_options={"max_connections": REDIS_POOL})
+            if redis_url
+            else None
+        )
         self.sio = socketio.AsyncServer(
             async_mode="asgi",
             client_manager=manager,
-            logger=False,
-            engineio_logger=False,
+            logger=logging.getLogger("socketio.server"),
+            engineio_logger=logging.getLogger("engineio.server"),
             transports=["websocket"],
             cors_allowed_origins="*",
             http_compression=False,
