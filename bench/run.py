@@ -394,7 +394,9 @@ async def fanout(
         gen = await st.loadgen()
         await open_clients(gen, peer, urls, sizes.subscribers, "sub")
         await asyncio.sleep(1.0 if nodes > 1 else 0.3)  # interest reaches the other node
-        m = await publish_and_drain(st, gen, publisher, sizes, sizes.subscribers, sizes.messages, 0)
+        m = await publish_and_drain(
+            st, gen, publisher, sizes, subscribers=sizes.subscribers, count=sizes.messages, rate=0
+        )
         return {"deliveries/s": m}
 
 
