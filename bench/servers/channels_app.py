@@ -144,7 +144,7 @@ async def stdin_lines() -> asyncio.StreamReader:
 
 async def serve(args: argparse.Namespace) -> int:
     config = uvicorn.Config(
-        build_application(),
+        build_application(stock_dispatch=args.stock_dispatch),
         host="127.0.0.1",
         port=args.port,
         loop="uvloop",
@@ -200,6 +200,11 @@ def main() -> int:
         choices=sorted(LAYERS),
         default="pubsub",
         help="channels_redis layer with --redis (default: pubsub, the faster fan-out)",
+    )
+    parser.add_argument(
+        "--stock-dispatch",
+        action="store_true",
+        help="keep Channels' per-message close_old_connections thread hop",
     )
     args = parser.parse_args()
     logging.basicConfig(

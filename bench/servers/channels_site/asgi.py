@@ -8,7 +8,7 @@ from typing import Any
 from channels.routing import ProtocolTypeRouter, URLRouter
 from django.urls import path
 
-from .consumers import BenchConsumer
+from .consumers import BenchConsumer, NoDatabaseBenchConsumer
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -20,12 +20,17 @@ async def not_found(scope: dict[str, Any], receive: Receive, send: Send) -> None
     await send({"type": "http.response.body", "body": b""})
 
 
-def build_application() -> Any:
-    """The ProtocolTypeRouter; call after ``settings.configure_django``."""
+def build_application(stock_dispatch: bool = False) -> Any:
+    """The ProtocolTypeRouter; call after ``settings.configure_django``.
+
+    ``stock_dispatch`` keeps Channels' own ``dispatch`` (a ``close_old_connections``
+    thread hop per message) instead of ``NoDatabaseBenchConsumer``'s.
+    """
+    consumer = BenchConsumer if stock_dispatch else NoDatabaseBenchConsumer
     return ProtocolTypeRouter(
         {
             "http": not_found,
             # No AllowedHostsOriginValidator: the load generator is not a browser.
-            "websocket": URLRouter([path("ws/", BenchConsumer.as_asgi())]),
+            "websocket": URLRouter([path("ws/", consumer.as_asgi())]),
         }
     )

@@ -9,6 +9,7 @@ import json
 import re
 from typing import Any
 
+from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 _NOT_GROUP_CHAR = re.compile(r"[^a-zA-Z0-9\-_.]")
@@ -51,3 +52,19 @@ class BenchConsumer(AsyncWebsocketConsumer):
 
     async def bench_msg(self, event: dict[str, Any]) -> None:
         await self.send(text_data=event["text"])
+
+
+class NoDatabaseBenchConsumer(BenchConsumer):
+    """BenchConsumer without the per-message ``close_old_connections`` thread hop.
+
+    Channels 4.2+ ``AsyncConsumer.dispatch`` runs ``close_old_connections`` through
+    ``sync_to_async`` before every handler call, one trip to a worker thread per message,
+    to recycle Django database connections. This site has no database, so the trip does
+    nothing but cost; a consumer that touches no database can skip it, as this one does.
+    """
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
