@@ -21,6 +21,7 @@ import json
 import math
 import os
 import platform
+import resource
 import shutil
 import socket
 import statistics
@@ -503,6 +504,12 @@ async def w4(logdir: Path, peer: str, sizes: Sizes) -> dict[str, Measure]:
 
 
 async def w4_big(logdir: Path, peer: str, sizes: Sizes) -> dict[str, Measure]:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < sizes.big_idle + 1000:
+        raise RuntimeError(
+            f"RLIMIT_NOFILE hard limit {hard} < {sizes.big_idle + 1000} and not raisable here "
+            "(needs CAP_SYS_RESOURCE or a higher `ulimit -Hn`)"
+        )
     return await idle(logdir, peer, sizes.big_idle, sizes.big_sources)
 
 
@@ -822,7 +829,12 @@ def write_docs(
 ) -> None:
     info, vers = machine(), versions()
     failures = [f"- {r.workload} / {r.peer}: {f}" for r in rows for f in dict.fromkeys(r.failures)]
-    command = "make bench" + (f" BENCH_ARGS='{' '.join(args.argv)}'" if args.argv else "")
+    shown = list(args.argv)
+    if "--json" in shown:  # a local file name: not part of the recipe
+        at = shown.index("--json")
+        del shown[at : at + 2]
+    shown = [a for a in shown if a != "--keep-logs"]
+    command = "make bench" + (f" BENCH_ARGS='{' '.join(shown)}'" if shown else "")
     text = [
         "# Benchmarks",
         "",
@@ -912,6 +924,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one run (smoke test)")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     parser.add_argument("--json", type=Path, help="write the raw per-run results here")
+    parser.add_argument(
+        "--big-idle",
+        type=int,
+        help=f"connections of wsgate's large W4 run (default {FULL.big_idle:,}; 0 skips it)",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the children's logs")
     args = parser.parse_args(argv)
     args.argv = argv
@@ -927,6 +944,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {tool} not found; workloads needing it will fail", file=sys.stderr)
     raise_nofile()
     sizes = QUICK if args.quick else FULL
+    if args.big_idle is not None:
+        sizes = dataclasses.replace(sizes, big_idle=args.big_idle)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     logdir = Path(tempfile.mkdtemp(prefix="wsgate-bench-"))
     info = machine()
