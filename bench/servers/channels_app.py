@@ -19,15 +19,19 @@ consumer at ``/ws/`` (channels_site/asgi.py).
 Channel layer:
 
 - without ``--redis``: ``channels.layers.InMemoryChannelLayer`` (single process).
-- with ``--redis URL``: ``channels_redis.pubsub.RedisPubSubChannelLayer``. Measured
-  against ``RedisChannelLayer`` here (200 subscribers on two nodes, 100 messages of 100
-  bytes, one redis-server): RedisPubSubChannelLayer fanned out about 1.6x faster. Its
-  ``group_send`` is one ``PUBLISH`` of the serialized message, and each node delivers it to
-  its local group members from one subscriber connection. RedisChannelLayer's
-  ``group_send`` does a ``ZRANGE`` of the group, a pipeline of ``ZREMRANGEBYSCORE`` and a
-  Lua script per message, and serializes into each message the names of every recipient
-  channel on that node (about 60 bytes per subscriber, 60 KB per message for 1,000
-  subscribers), which each node then pops with ``BZPOPMIN`` one message at a time.
+- with ``--redis URL``: ``channels_redis.pubsub.RedisPubSubChannelLayer``, because it fans
+  out faster. Measured against ``RedisChannelLayer`` on one redis-server, two nodes,
+  subscribers split between them, 100-byte payloads published back to back on node 0,
+  on a shared 2-core machine: 1,000 subscribers x 20 messages, 9,300-12,000 deliveries/s
+  with pub/sub against 2,700-6,000/s with RedisChannelLayer; 600 x 30, 6,900-9,600/s
+  against 2,400-4,500/s; at 200 x 100 the two were within noise (5,600-6,100/s against
+  3,500-6,700/s). Pub/sub's ``group_send`` is one ``PUBLISH`` of the serialized message,
+  and each node hands it to its local group members from one subscriber connection.
+  RedisChannelLayer's ``group_send`` does a ``ZRANGE`` of the group, a pipeline of
+  ``ZREMRANGEBYSCORE`` and a Lua script per message, and serializes into each message the
+  names of all its recipient channels on that node (about 60 bytes per subscriber), which
+  each node then pops with ``BZPOPMIN`` one message at a time, so its cost per message
+  grows with the number of subscribers.
   ``--layer core`` selects RedisChannelLayer for comparison.
 
 What the layers drop, and the limits raised (channels_site/settings.py):
@@ -43,6 +47,14 @@ What the layers drop, and the limits raised (channels_site/settings.py):
   Redis pub/sub is at most once: a subscriber connection over Redis's
   ``client-output-buffer-limit pubsub`` (32 MB hard, 8 MB for 60 s, by default) is closed
   by Redis and what was in flight is lost.
+
+The consumer (channels_site/consumers.py, ``NoDatabaseBenchConsumer``) overrides
+``dispatch`` to skip ``close_old_connections``: Channels 4.3 runs it through
+``sync_to_async`` before every handler call, one worker-thread round trip per delivered
+message, to recycle database connections this site does not have. Measured with the
+in-memory layer, 200 subscribers x 100 messages: 2,100-2,200 deliveries/s and 2.5 s median
+latency with the stock ``dispatch``, 4,400-4,900/s and 60 ms without the thread hop.
+``--stock-dispatch`` keeps the stock ``dispatch``.
 
 Other costs that are the peer's own and left as they are: the in-memory layer deep-copies
 each message per recipient and scans every channel and group for expired entries on each

@@ -57,7 +57,7 @@ class BenchConsumer(AsyncWebsocketConsumer):
 class NoDatabaseBenchConsumer(BenchConsumer):
     """BenchConsumer without the per-message ``close_old_connections`` thread hop.
 
-    Channels 4.2+ ``AsyncConsumer.dispatch`` runs ``close_old_connections`` through
+    Channels 4.3's ``AsyncConsumer.dispatch`` runs ``close_old_connections`` through
     ``sync_to_async`` before every handler call, one trip to a worker thread per message,
     to recycle Django database connections. This site has no database, so the trip does
     nothing but cost; a consumer that touches no database can skip it, as this one does.
