@@ -58,9 +58,11 @@ import itertools
 import json
 import logging
 import os
+import stat
 import sys
 import time
 import warnings
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import socketio
@@ -225,12 +227,23 @@ class Peer:
         return {"error": f"unknown command {name!r}"}
 
 
-async def stdin_lines() -> asyncio.StreamReader:
-    """An asyncio reader on stdin, fed by the event loop (a pipe, as the orchestrator opens)."""
+async def stdin_lines() -> Callable[[], Awaitable[bytes]]:
+    """A coroutine function returning the next stdin line (b"" at end of input).
+
+    A pipe or socket (as the orchestrator opens) is read by the event loop itself; any
+    other stdin (a file, /dev/null, a terminal) by a worker thread.
+    """
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 20)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    return reader
+    mode = os.fstat(sys.stdin.fileno()).st_mode
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        reader = asyncio.StreamReader(limit=1 << 20)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        return reader.readline
+
+    async def readline() -> bytes:
+        return await loop.run_in_executor(None, sys.stdin.buffer.readline)
+
+    return readline
 
 
 async def main() -> int:
@@ -274,9 +287,9 @@ async def main() -> int:
         peer.sio.manager.initialize()
     write_line({"ready": True})
 
-    reader = await stdin_lines()
+    readline = await stdin_lines()
     while True:
-        line = await reader.readline()
+        line = await readline()
         if not line:
             break  # stdin closed: the orchestrator went away
         if not line.strip():
