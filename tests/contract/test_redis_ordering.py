@@ -23,7 +23,7 @@ PREFIX = "p"
 
 
 class ScriptedStream:
-    """Stands in for redis-py's PubSub: records commands; the test answers them."""
+    """Stands in for the subscriber connection: records commands; the test answers them."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, Any]] = []
@@ -59,7 +59,7 @@ class Scripted:
         self.broker._pubsub = self.stream  # type: ignore[assignment]
         self.broker._online = True
 
-    def feed(self, message: dict[str, Any]) -> None:
+    def feed(self, message: list[Any]) -> None:
         self.broker._dispatch(message)
 
     def answer(self, n: int | None = None) -> None:
@@ -68,9 +68,9 @@ class Scripted:
         answered, self.stream.sent = self.stream.sent[:n], self.stream.sent[n:]
         for kind, data in answered:
             if kind == "pong":
-                self.feed({"type": "pong", "pattern": None, "channel": None, "data": data})
+                self.feed([b"pong", data])
             else:
-                self.feed({"type": kind, "pattern": None, "channel": data.encode(), "data": 1})
+                self.feed([kind.encode(), data.encode(), 1])
 
     async def run(self, call: Awaitable[None]) -> None:
         """Run a subscribe/unsubscribe call to completion, Redis answering at once."""
@@ -83,14 +83,14 @@ class Scripted:
         """The copy of a publication Redis sends for an exact subscription."""
         channel = keys.topic_channel(PREFIX, topic).encode()
         data = msgspec.msgpack.encode([topic, payload])
-        self.feed({"type": "message", "pattern": None, "channel": channel, "data": data})
+        self.feed([b"message", channel, data])
 
     def copy_via_glob(self, pattern: str, topic: str, payload: Any) -> None:
         """The copy Redis sends for the PSUBSCRIBEd glob of ``pattern``."""
         glob = keys.pattern_glob(PREFIX, pattern).encode()
         channel = keys.topic_channel(PREFIX, topic).encode()
         data = msgspec.msgpack.encode([topic, payload])
-        self.feed({"type": "pmessage", "pattern": glob, "channel": channel, "data": data})
+        self.feed([b"pmessage", glob, channel, data])
 
 
 async def test_subscribe_returns_after_the_pong_not_the_confirmation() -> None:

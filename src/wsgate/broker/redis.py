@@ -56,7 +56,7 @@ and reconnects with exponential backoff and full jitter (cap
 then logs one INFO. It does not rely on redis-py's own re-subscription
 (``PubSub.on_connect`` replays the PubSub's channel table, which differs
 between redis-py releases and can replay an unsubscribe whose confirmation
-was never read): it discards the PubSub and builds a new one from its own
+was never read): it discards the connection and builds a new one from its own
 state. Publications sent during the outage are lost (at-most-once);
 :meth:`RedisBroker.publish` raises :class:`~wsgate.errors.BrokerError` with
 ``temporary=True`` meanwhile.
@@ -64,6 +64,12 @@ state. Publications sent during the outage are lost (at-most-once);
 **Node ids.** Each node subscribes to its inbox channel; :meth:`start` refuses a
 node id whose inbox already has a subscriber on this Redis and prefix. That is
 a check, not a lock: two nodes starting at the same instant can both pass.
+
+**Hot path.** ``PUBLISH`` (topics, inboxes, replies) and the subscriber
+stream use the lean connections of :mod:`wsgate.broker.redis_wire`: publishes
+issued in one event-loop tick leave pipelined in one write, and every message
+read is dispatched at once, without an await per message. redis-py serves the
+rest (presence, calls, the node id check).
 
 **Calls for workers** (:meth:`RedisBroker.enqueue_call`,
 :meth:`RedisBroker.serve_calls`) use streams and the command connections, not
@@ -85,13 +91,12 @@ import logging
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 import msgspec
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -102,7 +107,8 @@ from wsgate.broker import keys
 from wsgate.broker.base import CALLS_IN_FLIGHT, BrokerHandler, CallHandler
 from wsgate.broker.redis_calls import RedisCalls
 from wsgate.broker.redis_url import check_redis_target
-from wsgate.errors import BrokerError, InvalidState
+from wsgate.broker.redis_wire import CommandConnection, RedisTarget, SubscriberConnection
+from wsgate.errors import BrokerError, ConfigError, InvalidState
 from wsgate.publication import Publication
 from wsgate.topics import TopicTrie, is_pattern, validate_pattern
 
@@ -130,10 +136,10 @@ _BARRIER: Final = b"wsgate-barrier:"
 _YIELD_EVERY: Final = 256  # messages read in a row before letting other tasks run
 # Confirmation message type -> (now subscribed?, kind of key).
 _CONFIRMATIONS: Final = {
-    "subscribe": (True, _CHANNEL),
-    "psubscribe": (True, _GLOB),
-    "unsubscribe": (False, _CHANNEL),
-    "punsubscribe": (False, _GLOB),
+    b"subscribe": (True, _CHANNEL),
+    b"psubscribe": (True, _GLOB),
+    b"unsubscribe": (False, _CHANNEL),
+    b"punsubscribe": (False, _GLOB),
 }
 
 _Key = tuple[str, str]
@@ -236,6 +242,10 @@ class RedisBroker:
         where = check_redis_target(url, prefix)
         self._url = url
         self._where = where
+        try:
+            self._target = RedisTarget.from_url(url, CONNECT_TIMEOUT)
+        except ValueError as exc:
+            raise ConfigError(f"invalid Redis URL: {exc}") from exc
         self._prefix = prefix
         self._reconnect_base = reconnect_base
         self._reconnect_cap = reconnect_cap
@@ -245,6 +255,9 @@ class RedisBroker:
         self._poll_interval = min(POLL_INTERVAL, health_interval / 2, command_timeout / 2)
         self._topic_start = keys.topic_channel_prefix(prefix)
         self._broadcast = keys.broadcast_channel(prefix)
+        self._broadcast_bytes = self._broadcast.encode()
+        self._inbox_bytes = b""
+        self._client_name = "wsgate"
         self.stats = RedisBrokerStats()
         self._calls = RedisCalls(
             self._command_client,
@@ -255,7 +268,8 @@ class RedisBroker:
         )
 
         self._redis: Redis | None = None
-        self._pubsub: PubSub | None = None
+        self._pubsub: SubscriberConnection | None = None
+        self._publisher: CommandConnection | None = None
         self._reader: asyncio.Task[None] | None = None
         self._handler: BrokerHandler | None = None
         self._inbox = ""
@@ -295,14 +309,17 @@ class RedisBroker:
             raise InvalidState("broker is closed")
         if self._handler is not None:
             raise InvalidState("broker is already started")
+        self._client_name = "wsgate-" + re.sub(r"[^\x21-\x7e]", "_", node_id)
         self._redis = Redis.from_url(
             self._url,
             retry=Retry(NoBackoff(), 0),  # we retry ourselves; fail fast while down
             socket_connect_timeout=CONNECT_TIMEOUT,
             socket_timeout=self._command_timeout,
-            client_name="wsgate-" + re.sub(r"[^\x21-\x7e]", "_", node_id),
+            client_name=self._client_name,
         )
+        self._publisher = CommandConnection(self._target, self._client_name, self._command_timeout)
         self._inbox = keys.node_inbox(self._prefix, node_id)
+        self._inbox_bytes = self._inbox.encode()
         self._handler = handler
         try:
             [(_, subscribers)] = await self._redis.pubsub_numsub(self._inbox)
@@ -314,8 +331,11 @@ class RedisBroker:
             pubsub = await self._connect()
         except BaseException as exc:
             redis, self._redis = self._redis, None
+            publisher, self._publisher = self._publisher, None
             self._handler = None
             await redis.aclose()
+            if publisher is not None:
+                await publisher.aclose()
             if isinstance(exc, RedisError | OSError):
                 raise _broker_error(f"cannot connect to Redis at {self._where}", exc) from exc
             raise
@@ -343,6 +363,9 @@ class RedisBroker:
             redis, self._redis = self._redis, None
             if redis is not None:
                 await redis.aclose()
+            publisher, self._publisher = self._publisher, None
+            if publisher is not None:
+                await publisher.aclose()
         self._release_barriers()
         self._handler = None
 
@@ -477,10 +500,10 @@ class RedisBroker:
 
     async def _publish(self, channel: str, data: bytes) -> int:
         self._check_running()
-        redis = self._redis
-        assert redis is not None
+        publisher = self._publisher
+        assert publisher is not None
         try:
-            return int(await redis.publish(channel, data))
+            return await publisher.publish(channel.encode(), data)
         except (RedisError, OSError) as exc:
             raise _broker_error(f"publish to Redis at {self._where} failed", exc) from exc
 
@@ -507,7 +530,7 @@ class RedisBroker:
             self._resync = True
             return None
 
-    async def _send_barrier(self, pubsub: PubSub, change: _Change | None) -> _Barrier:
+    async def _send_barrier(self, pubsub: SubscriberConnection, change: _Change | None) -> _Barrier:
         barrier = _Barrier(next(self._seq), change, asyncio.get_running_loop().create_future())
         # Queued before sending: the reader may read the pong before ping() returns.
         self._barriers.append(barrier)
@@ -532,11 +555,9 @@ class RedisBroker:
 
     # -- the subscriber connection ----------------------------------------------------
 
-    async def _connect(self) -> PubSub:
+    async def _connect(self) -> SubscriberConnection:
         """A new subscriber connection subscribed to everything wanted."""
-        redis = self._redis
-        assert redis is not None
-        pubsub = redis.pubsub()
+        pubsub = await SubscriberConnection.open(self._target, self._client_name, self._on_stream)
         try:
             async with self._lock:
                 channels = [self._broadcast, self._inbox]
@@ -560,15 +581,13 @@ class RedisBroker:
             raise
         return pubsub
 
-    async def _discard(self, pubsub: PubSub) -> None:
+    async def _discard(self, pubsub: SubscriberConnection) -> None:
         if self._pubsub is pubsub:
             self._pubsub = None
-        # redis-py leaves aclose() unannotated; a typed reference keeps mypy strict.
-        aclose: Callable[[], Awaitable[None]] = pubsub.aclose
         with contextlib.suppress(Exception):
-            await aclose()
+            await pubsub.aclose()
 
-    async def _run(self, pubsub: PubSub | None) -> None:
+    async def _run(self, pubsub: SubscriberConnection | None) -> None:
         """The reader task: read, and rebuild the connection whenever it fails."""
         while not self._closed:
             if pubsub is None:
@@ -597,12 +616,14 @@ class RedisBroker:
         the next PUBLISH would fail on it. Retrying PUBLISH instead could
         deliver twice.
         """
+        if self._publisher is not None:
+            self._publisher.reset()
         redis = self._redis
         if redis is not None:
             with contextlib.suppress(Exception):
                 await redis.connection_pool.disconnect(inuse_connections=False)
 
-    async def _reconnect(self) -> PubSub:
+    async def _reconnect(self) -> SubscriberConnection:
         """Connect again with exponential backoff and full jitter; INFO when done."""
         lost_at = time.monotonic()
         for attempt in itertools.count():
@@ -623,54 +644,60 @@ class RedisBroker:
             return pubsub
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _read(self, pubsub: PubSub) -> None:
-        """Read and dispatch until the connection fails (raises)."""
-        last_traffic = time.monotonic()
-        streak = 0
+    async def _read(self, pubsub: SubscriberConnection) -> None:
+        """Watch the subscriber connection until it fails (raises).
+
+        Messages are dispatched as they are read (:meth:`_on_stream`); this task
+        only notices a lost connection, and pings an idle one to catch half-open
+        connections.
+        """
         while True:
             if self._resync:
                 raise _Stalled("a command on the subscriber connection failed")
-            message = await pubsub.get_message(timeout=self._poll_interval)
+            await pubsub.wait_lost(self._poll_interval)
             now = time.monotonic()
-            if message is not None:
-                last_traffic = now
-                self._dispatch(message)
-                streak += 1
-                if streak >= _YIELD_EVERY:  # a flood must not starve other tasks
-                    streak = 0
-                    await asyncio.sleep(0)
-                continue
-            streak = 0
             if self._barriers:
                 if now - self._barriers[0].sent_at > self._command_timeout:
                     raise _Stalled(f"no answer to PING within {self._command_timeout:g} s")
-            elif now - last_traffic >= self._health_interval:
+            elif now - pubsub.last_traffic >= self._health_interval:
                 async with self._lock:
                     if self._pubsub is pubsub:
                         await self._send_barrier(pubsub, None)
 
-    def _dispatch(self, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        if kind == "pmessage":
-            channel = _text(message["channel"])
-            self._on_topic((_GLOB, _text(message["pattern"])), channel, message["data"])
-        elif kind == "message":
-            channel = _text(message["channel"])
-            if channel == self._broadcast:
-                self._on_broadcast(message["data"])
-            elif channel == self._inbox:
-                self._on_direct(message["data"])
+    def _on_stream(self, reply: Any) -> None:
+        """One message of the subscriber stream, in stream order (from the protocol)."""
+        try:
+            self._dispatch(reply)
+        except Exception:
+            log.exception("unexpected error dispatching a message from Redis")
+
+    def _dispatch(self, reply: Any) -> None:
+        if not isinstance(reply, list) or not reply:
+            # An error reply to a command on the subscriber connection: rebuild it.
+            log.warning("unexpected reply on the subscriber connection: %.200r", reply)
+            self._resync = True
+            return
+        kind = reply[0]
+        if kind == b"message":
+            channel = reply[1]
+            if channel == self._inbox_bytes:
+                self._on_direct(reply[2])
+            elif channel == self._broadcast_bytes:
+                self._on_broadcast(reply[2])
             else:
-                self._on_topic((_CHANNEL, channel), channel, message["data"])
+                text = _text(channel)
+                self._on_topic((_CHANNEL, text), text, reply[2])
+        elif kind == b"pmessage":
+            self._on_topic((_GLOB, _text(reply[1])), _text(reply[2]), reply[3])
         elif kind in _CONFIRMATIONS:
             subscribed, key_kind = _CONFIRMATIONS[kind]
-            key = (key_kind, _text(message["channel"]))
+            key = (key_kind, _text(reply[1]))
             if subscribed:
                 self._active.add(key)
             else:
                 self._active.discard(key)
-        elif kind == "pong":
-            self._on_pong(message["data"])
+        elif kind == b"pong":
+            self._on_pong(reply[1])
 
     def _on_pong(self, data: Any) -> None:
         if not isinstance(data, bytes) or not data.startswith(_BARRIER):
