@@ -61,6 +61,8 @@ __all__ = [
 log = logging.getLogger("wsgate.cluster")
 
 _PRESENCE_WAIT = 2.0
+_LOCATED_MAX = 100_000
+"""Connection locations a router remembers for requests before starting over."""
 """Seconds a cluster-wide presence query waits for the other nodes' answers."""
 
 
@@ -202,6 +204,10 @@ class Router:
         self.request_timeout = request_timeout
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Response]] = {}
+        # Connection id -> the node that held it when last asked. Requests go
+        # straight to that node's inbox; a node answering "not here" (or gone)
+        # makes the router ask presence again (see request()).
+        self._located: dict[str, str] = {}
         self.late_responses = 0
 
     @property
@@ -251,30 +257,67 @@ class Router:
             ConnectionLost: the connection closed before replying.
         """
         timeout = self.request_timeout if timeout is None else timeout
-        where = await self.presence.locate(connection_id)
-        if where is None:
+        node = self._located.get(connection_id)
+        cached = node is not None
+        if node is None:
+            node = await self._locate(connection_id)
+        response = await self._request_at(node, connection_id, data, timeout)
+        if cached and (response is None or response.error == NOT_CONNECTED):
+            # The cached node is gone or no longer holds the connection (it moved,
+            # or was taken over): the request never reached a client, so asking
+            # where it is now and trying once more cannot answer it twice.
+            self._located.pop(connection_id, None)
+            fresh = await self._locate(connection_id)
+            if fresh != node:
+                response = await self._request_at(fresh, connection_id, data, timeout)
+        if response is None:
+            self._located.pop(connection_id, None)
             raise NotConnected(connection_id)
-        rid, future = self._expect()
-        try:
-            envelope = Request(connection_id, rid, self.inbox, timeout, data)
-            if not await self.broker.send_direct(where.node, encode_envelope(envelope)):
-                raise NotConnected(connection_id)
-            try:
-                async with asyncio.timeout(timeout):
-                    response = await future
-            except TimeoutError:
-                raise RequestTimeout(connection_id, timeout) from None
-        finally:
-            self._pending.pop(rid, None)
         if response.error is None:
             return response.payload
         if response.error == NOT_CONNECTED:
+            self._located.pop(connection_id, None)
             raise NotConnected(connection_id)
         if response.error == TIMEOUT:
             raise RequestTimeout(connection_id, timeout)
         if response.error == CONNECTION_LOST:
             raise ConnectionLost(connection_id)
         raise RemoteError(response.error, response.message, response.data)
+
+    async def _locate(self, connection_id: str) -> str:
+        """The node holding a connection, from presence (remembered for requests).
+
+        Raises:
+            NotConnected: presence knows no live connection with this id.
+        """
+        where = await self.presence.locate(connection_id)
+        if where is None:
+            raise NotConnected(connection_id)
+        if len(self._located) >= _LOCATED_MAX:
+            self._located.clear()  # a crude bound; misses only cost a lookup
+        self._located[connection_id] = where.node
+        return where.node
+
+    async def _request_at(
+        self, node: str, connection_id: str, data: Any, timeout: float
+    ) -> Response | None:
+        """One request through ``node``'s inbox; None when no live node reads that inbox.
+
+        Raises:
+            RequestTimeout: no response within ``timeout``.
+        """
+        rid, future = self._expect()
+        try:
+            envelope = Request(connection_id, rid, self.inbox, timeout, data)
+            if not await self.broker.send_direct(node, encode_envelope(envelope)):
+                return None
+            try:
+                async with asyncio.timeout(timeout):
+                    return await future
+            except TimeoutError:
+                raise RequestTimeout(connection_id, timeout) from None
+        finally:
+            self._pending.pop(rid, None)
 
     async def disconnect(self, connection_id: str, code: int, reason: str) -> bool:
         """Close a connection on any node; True when a live node holding it got the order."""

@@ -15,6 +15,7 @@ blocks), so one slow client never delays the next.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import secrets
@@ -55,7 +56,6 @@ from wsgate.errors import (
     ConnectionLost,
     InvalidState,
     InvalidTopic,
-    NotConnected,
     RemoteError,
     RequestTimeout,
 )
@@ -307,24 +307,45 @@ class Node:
         return await self._request_local(conn, data, timeout)
 
     async def _request_local(self, conn: ClientConnection, data: Any, timeout: float | None) -> Any:
-        connection_id = conn.id
+        return await self._start_request(conn, data, timeout)
+
+    def _start_request(
+        self, conn: ClientConnection, data: Any, timeout: float | None
+    ) -> asyncio.Future[Any]:
+        """Send ``req`` to a local connection; the future resolves with its reply.
+
+        It fails with RemoteError (the client answered an error), RequestTimeout
+        or ConnectionLost (see :meth:`_forget`). One timer, no task: remote
+        requests are served by callbacks alone (:meth:`_serve_request`).
+        """
         timeout = self.config.limits.request_timeout if timeout is None else timeout
         request_id = next(self._request_ids)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        frame = conn.codec.encode(Req(request_id, *payload_fields(data)))  # TypeError: caller's
         self._requests[request_id] = (conn, future)
         conn.pending_requests.add(request_id)
-        try:
-            frame = conn.codec.encode(Req(request_id, *payload_fields(data)))
-            self.metrics.requests_sent += 1
-            conn.deliver(frame)
-            async with asyncio.timeout(timeout):
-                return await future
-        except TimeoutError:
+        timer = loop.call_later(timeout, self._request_timed_out, future, conn.id, timeout)
+        future.add_done_callback(functools.partial(self._request_ended, conn, request_id, timer))
+        self.metrics.requests_sent += 1
+        conn.deliver(frame)
+        return future
+
+    def _request_timed_out(self, future: asyncio.Future[Any], cid: str, timeout: float) -> None:
+        if not future.done():
             self.metrics.request_timeouts += 1
-            raise RequestTimeout(connection_id, timeout) from None
-        finally:
-            self._requests.pop(request_id, None)
-            conn.pending_requests.discard(request_id)
+            future.set_exception(RequestTimeout(cid, timeout))
+
+    def _request_ended(
+        self,
+        conn: ClientConnection,
+        request_id: int,
+        timer: asyncio.TimerHandle,
+        _future: asyncio.Future[Any],
+    ) -> None:
+        timer.cancel()
+        self._requests.pop(request_id, None)
+        conn.pending_requests.discard(request_id)
 
     async def disconnect(
         self, connection_id: str, code: int = CloseCode.DISCONNECTED, reason: str = ""
@@ -555,7 +576,7 @@ class Node:
                 if conn is not None:
                     self._deliver(conn, encoded)
         elif isinstance(envelope, Request):
-            self._spawn(self._serve_request(envelope))
+            self._serve_request(envelope)
         elif isinstance(envelope, Kick):
             self._on_kick(envelope)
         elif isinstance(envelope, InfoQuery):
@@ -584,25 +605,35 @@ class Node:
             log.info("connection %s taken over by a connection on another node", conn.id)
         conn.close(kick.code, kick.reason)
 
-    async def _serve_request(self, request: Request) -> None:
+    def _serve_request(self, request: Request) -> None:
+        """Relay a request from another process to a local connection; answer its inbox."""
         conn = self.hub.get(request.cid)
+        if conn is None:
+            self._respond(request.reply_to, Response(request.rid, error=NOT_CONNECTED))
+            return
         try:
-            if conn is None:
-                raise NotConnected(request.cid)
-            response = Response(
-                request.rid, await self._request_local(conn, request.payload, request.timeout)
-            )
-        except NotConnected:
-            response = Response(request.rid, error=NOT_CONNECTED)
-        except RequestTimeout:
-            response = Response(request.rid, error=TIMEOUT)
-        except ConnectionLost:
-            response = Response(request.rid, error=CONNECTION_LOST)
-        except RemoteError as exc:
-            response = Response(
-                request.rid, error=exc.code, message=exc.remote_message, data=exc.data
-            )
-        await self._send_response(request.reply_to, response)
+            future = self._start_request(conn, request.payload, request.timeout)
+        except TypeError:
+            self.metrics.encode_errors += 1
+            message = "the request cannot be encoded for this connection's codec"
+            error = Response(request.rid, error=ErrorCode.BAD_REQUEST, message=message)
+            self._respond(request.reply_to, error)
+            return
+        future.add_done_callback(functools.partial(self._request_answered, request))
+
+    def _request_answered(self, request: Request, future: asyncio.Future[Any]) -> None:
+        rid = request.rid
+        if future.cancelled():
+            response = Response(rid, error=CONNECTION_LOST)
+        elif (exc := future.exception()) is None:
+            response = Response(rid, future.result())
+        elif isinstance(exc, RequestTimeout):
+            response = Response(rid, error=TIMEOUT)
+        elif isinstance(exc, RemoteError):
+            response = Response(rid, error=exc.code, message=exc.remote_message, data=exc.data)
+        else:  # ConnectionLost, or the node stopping
+            response = Response(rid, error=CONNECTION_LOST)
+        self._respond(request.reply_to, response)
 
     def _respond(self, inbox: str, response: Response) -> None:
         self._spawn(self._send_response(inbox, response))
