@@ -14,7 +14,7 @@ import wsgate
 from wsgate import ConnectionLost, NotConnected, RemoteError, RequestTimeout
 from wsgate.broker.memory import MemoryBus
 
-from ._client import scaled
+from ._client import eventually, scaled
 
 
 @pytest.fixture
@@ -177,3 +177,29 @@ async def test_backend_stats_gather_every_node(pair, mint):
         "node-a": 1,
         "node-b": 2,
     }
+
+
+async def _answer_once(client, data=None):
+    req = await client.expect("req")
+    await client.send({"op": "reply", "id": req["id"], "data": data or req["data"]})
+
+
+async def test_a_request_follows_a_connection_that_moved_to_another_node(pair, mint, gateway):
+    a, b = pair
+    c = await gateway(bus=a.node.broker._bus, node_id="node-c")
+    token = mint(user="d", connection_id="dev-m")
+    first = await b.connect(token)
+    task = asyncio.create_task(_answer_once(first))
+    assert await a.node.request("dev-m", "one", timeout=scaled(2)) == "one"
+    await task
+    # a.node's router now remembers node-b; the device reconnects through node-c.
+    await first.close()
+    await eventually(lambda: b.node.hub.get("dev-m") is None)
+    moved = await c.connect(token)
+    task = asyncio.create_task(_answer_once(moved))
+    assert await a.node.request("dev-m", "two", timeout=scaled(2)) == "two"
+    await task
+    await moved.close()
+    await eventually(lambda: c.node.hub.get("dev-m") is None)
+    with pytest.raises(NotConnected):
+        await a.node.request("dev-m", "three", timeout=scaled(1))
