@@ -185,6 +185,11 @@ def info_from_payload(payload: Any) -> ConnectionInfo:
     return msgspec.convert(payload, ConnectionInfo)
 
 
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
 class Router:
     """Backend verbs addressed through the broker and presence.
 
@@ -307,16 +312,18 @@ class Router:
             RequestTimeout: no response within ``timeout``.
         """
         rid, future = self._expect()
+        # One timer instead of a timeout context: this is the hot path of requests.
+        timer = asyncio.get_running_loop().call_later(timeout, _expire, future)
         try:
             envelope = Request(connection_id, rid, self.inbox, timeout, data)
             if not await self.broker.send_direct(node, encode_envelope(envelope)):
                 return None
             try:
-                async with asyncio.timeout(timeout):
-                    return await future
+                return await future
             except TimeoutError:
                 raise RequestTimeout(connection_id, timeout) from None
         finally:
+            timer.cancel()
             self._pending.pop(rid, None)
 
     async def disconnect(self, connection_id: str, code: int, reason: str) -> bool:
