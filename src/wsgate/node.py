@@ -87,6 +87,10 @@ log = logging.getLogger("wsgate.node")
 _T = TypeVar("_T")
 
 
+YIELD_AFTER_DELIVERIES = 32_768
+"""Deliveries queued by publications before :meth:`Node.publish` yields to the loop."""
+
+
 def build_authenticator(config: Config) -> Authenticator:
     """The authenticator a configuration asks for.
 
@@ -181,6 +185,7 @@ class Node:
         self._request_ids = itertools.count(1)
         self._subscribing: dict[str, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._queued_since_yield = 0
         self.calls = Calls(
             self.config.limits, self.metrics, self.broker, self.router, spawn=self._spawn
         )
@@ -253,6 +258,12 @@ class Node:
             self.metrics.broker_errors += 1
             log.warning("publication to %s reached this node only: %s", topic, exc)
             raise
+        if self._queued_since_yield >= YIELD_AFTER_DELIVERIES:
+            # A publisher in this process that never waits (the memory broker delivers
+            # synchronously) would queue its whole burst before one byte is written:
+            # let the loop flush the queues now and then, so writing overlaps publishing.
+            self._queued_since_yield = 0
+            await asyncio.sleep(0)
 
     async def send(self, connection_id: str, data: Any) -> bool:
         """Send ``data`` to one connection on any node.
@@ -408,6 +419,7 @@ class Node:
             conn.deliver(frame)
             delivered += 1
         self.metrics.messages_delivered += delivered
+        self._queued_since_yield += delivered
 
     def on_broadcast(self, payload: Any) -> None:
         """Send a broadcast to every connection of this node (called by the broker)."""

@@ -6,6 +6,8 @@ import asyncio
 
 import pytest
 
+from wsgate.node import YIELD_AFTER_DELIVERIES
+
 from ._client import decode_frame, scaled
 
 
@@ -50,3 +52,20 @@ async def test_packing_can_be_turned_off(gateway, mint):
         async with asyncio.timeout(scaled(2)):
             frame = await client.ws.recv()
         assert decode_frame(frame, msgpack=False) == [{"op": "msg", "topic": "t", "data": n}]
+
+
+async def test_a_long_burst_of_publications_is_written_while_it_goes_on(gw, mint):
+    client = await gw.connect(mint(user="u", subscribe=["t"], channels=["t"]))
+    frames_before = gw.node.metrics.frames_written
+    written_during_burst = False
+    for n in range(YIELD_AFTER_DELIVERIES + 10):  # a publisher that never waits otherwise
+        await gw.node.publish("t", n)
+        written_during_burst = written_during_burst or (
+            gw.node.metrics.frames_written > frames_before
+        )
+    assert written_during_burst
+    received: list[int] = []
+    while len(received) < YIELD_AFTER_DELIVERIES + 10:
+        async with asyncio.timeout(scaled(5)):
+            received.extend(m["data"] for m in decode_frame(await client.ws.recv(), msgpack=False))
+    assert received == list(range(YIELD_AFTER_DELIVERIES + 10))
