@@ -674,8 +674,8 @@ def table_rows(rows: list[Row]) -> list[list[str]]:
     for r in rows:
         if r.na or not r.runs:
             reason = r.na or ("failed: " + (r.failures[0] if r.failures else "no result"))
-            out.append([r.workload, r.peer, r.figure if r.figure != "-" else "", reason])
-            out[-1] += [""] * (len(TABLE_HEADER) - len(out[-1]))
+            cells = [r.workload, r.peer, r.figure if r.figure != "-" else "", r.na[:3] or "failed"]
+            out.append([*cells, *[""] * (len(TABLE_HEADER) - len(cells) - 1), reason])
             continue
         ms = r.runs
         spec = value_spec(r.figure)
@@ -889,6 +889,21 @@ def write_docs(
         "`wsgate.connect_backend`.",
         "",
     ]
+    noisy = sum(1 for r in rows if any(m.noisy for m in r.runs))
+    limited = sum(1 for r in rows if "limited by generator" in " ".join(table_rows([r])[0]))
+    text += [
+        "## Reading these figures",
+        "",
+        f"- {limited} row(s) were limited by the generator and {noisy} row(s) were measured "
+        "while processes outside the benchmark used more than 10% of a core (*noisy*); "
+        "core-0 softirq then also holds some of their loopback traffic, which inflates "
+        "*server CPU %*.",
+        "- *server CPU %* can exceed 100: softirq work done during a system call may be "
+        "counted both in the process's system time and in the core's softirq time.",
+        "- Fan-out latencies in W1/W2 are queueing delays of a burst (every message "
+        "published at once), not steady-state latencies; W5 gives those.",
+        "",
+    ]
     if failures:
         text += ["## Failures", "", *failures, ""]
     DOCS.write_text("\n".join(text))
@@ -916,6 +931,24 @@ async def orchestrate(args: argparse.Namespace, sizes: Sizes, logdir: Path) -> l
     return list(rows.values())
 
 
+def load_json(path: Path) -> tuple[list[Row], Sizes, str]:
+    """Rows, sizes and time of a run saved with --json."""
+    saved = json.loads(path.read_text())
+    raw_sizes = saved["sizes"] | {"steady": tuple(tuple(x) for x in saved["sizes"]["steady"])}
+    rows = [
+        Row(
+            r["workload"],
+            r["peer"],
+            r["figure"],
+            runs=[Measure(**m) for m in r["runs"]],
+            failures=r["failures"],
+            na=r["na"],
+        )
+        for r in saved["rows"]
+    ]
+    return rows, Sizes(**raw_sizes), saved["when"]
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
@@ -928,6 +961,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--big-idle",
         type=int,
         help=f"connections of wsgate's large W4 run (default {FULL.big_idle:,}; 0 skips it)",
+    )
+    parser.add_argument(
+        "--from-json", type=Path, help="measure nothing: print and document a --json file"
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep the children's logs")
     args = parser.parse_args(argv)
@@ -949,13 +985,19 @@ def main(argv: list[str] | None = None) -> int:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     logdir = Path(tempfile.mkdtemp(prefix="wsgate-bench-"))
     info = machine()
-    print(
+    print_header = print if args.from_json is None else (lambda *a, **k: None)
+    print_header(
         f"wsgate bench: {', '.join(args.workloads)} x {', '.join(args.peers)}, {args.runs} "
         f"run(s){' (quick sizes)' if args.quick else ''}; {info['cpu']}, {info['cores']} "
         f"cores, {info['kernel']}, Python {info['python']}; logs in {logdir}",
         flush=True,
     )
-    rows = asyncio.run(orchestrate(args, sizes, logdir))
+    if args.from_json is not None:
+        rows, sizes, when = load_json(args.from_json)
+        saved = json.loads(args.from_json.read_text())
+        args.argv, args.runs = saved.get("argv", []), max(len(r.runs) for r in rows)
+    else:
+        rows = asyncio.run(orchestrate(args, sizes, logdir))
     print()
     print(render(rows, markdown=False))
     if not args.no_docs:
@@ -964,6 +1006,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         raw = {
             "when": when,
+            "argv": args.argv,
             "machine": info,
             "versions": versions(),
             "sizes": dataclasses.asdict(sizes),
