@@ -770,6 +770,12 @@ def _cmd_version(argv: list[str]) -> str:
     return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else "?"
 
 
+def source_revision() -> str:
+    """The checkout measured: ``git describe --always --dirty``, or "unknown"."""
+    rev = _cmd_version(["git", "-C", str(ROOT), "describe", "--always", "--dirty"])
+    return "unknown" if rev in ("not installed", "?") or "fatal" in rev else rev
+
+
 def versions() -> dict[str, str]:
     found = {
         "nats-server": _cmd_version(["nats-server", "--version"]),
@@ -855,6 +861,7 @@ def write_docs(
         "",
         "## Versions",
         "",
+        *([f"- wsgate source: git {args.source} at the start of the run"] if args.source else []),
         *[f"- {name}: {version}" for name, version in vers.items()],
         "",
         "## Sizes",
@@ -992,10 +999,12 @@ def main(argv: list[str] | None = None) -> int:
         f"cores, {info['kernel']}, Python {info['python']}; logs in {logdir}",
         flush=True,
     )
+    args.source = source_revision()
     if args.from_json is not None:
         rows, sizes, when = load_json(args.from_json)
         saved = json.loads(args.from_json.read_text())
         args.argv, args.runs = saved.get("argv", []), max(len(r.runs) for r in rows)
+        args.source = saved.get("source", "")
     else:
         rows = asyncio.run(orchestrate(args, sizes, logdir))
     print()
@@ -1007,6 +1016,7 @@ def main(argv: list[str] | None = None) -> int:
         raw = {
             "when": when,
             "argv": args.argv,
+            "source": args.source,
             "machine": info,
             "versions": versions(),
             "sizes": dataclasses.asdict(sizes),
