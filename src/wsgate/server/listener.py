@@ -52,6 +52,9 @@ from wsgate.server.connection import Connection, Flusher
 
 __all__ = ["Server"]
 
+LISTEN_BACKLOG = 4096
+"""Pending TCP connections the kernel queues for us (capped by net.core.somaxconn)."""
+
 log = logging.getLogger("wsgate.server")
 
 _SWEEP_INTERVAL = 1.0
@@ -150,6 +153,10 @@ class Server:
             use_aiofastnet=False,
             logger_name="wsgate.picows",
             disconnect_on_exception=True,
+            # asyncio's default backlog of 100 drops SYNs when many clients connect
+            # at once (a reconnect storm after a restart); the kernel caps it at
+            # net.core.somaxconn.
+            backlog=LISTEN_BACKLOG,
         )
         sockname = self._server.sockets[0].getsockname()
         self.port = int(sockname[1])
