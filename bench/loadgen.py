@@ -139,29 +139,43 @@ def deliver(now: int, payload: bytes | str) -> None:
     STATS.latencies.append(now - int(payload[:TS_DIGITS]))
 
 
+class Item(msgspec.Struct):
+    """The fields of a wsgate server message the generator looks at (others ignored)."""
+
+    op: str
+    id: int | None = None
+    data: Any = None
+
+
+# Typed decoding into a Struct skips building a dict per message (about half the cost).
+wsgate_decode = msgspec.json.Decoder(list[Item] | Item).decode
+encode_json = msgspec.json.encode
+
+
 class WsgateClient(Client):
     """JSON frames; a frame is one message object or an array of them (packing)."""
 
     def received(self, data: bytes) -> None:
         now = time.monotonic_ns()
-        decoded = json_decode(data)
+        decoded = wsgate_decode(data)
         items = decoded if isinstance(decoded, list) else (decoded,)
         got = False
+        latencies = STATS.latencies
         for item in items:
-            op = item.get("op")
+            op = item.op
             if op == "msg":
-                STATS.latencies.append(now - int(item["data"][:TS_DIGITS]))
+                latencies.append(now - int(item.data[:TS_DIGITS]))
                 got = True
             elif op == "req":
-                reply = {"op": "reply", "id": item["id"], "data": item.get("data")}
-                self.send_text(msgspec.json.encode(reply))
+                reply = {"op": "reply", "id": item.id, "data": item.data}
+                self.send_text(encode_json(reply))
                 STATS.replies += 1
             elif op == "welcome":
                 if self.mode == "sub":
                     self.send_text(b'{"op":"sub","id":1,"topic":"' + TOPIC.encode() + b'"}')
                 else:
                     self.set_ready()
-            elif op == "ok" and item.get("id") == 1:
+            elif op == "ok" and item.id == 1:
                 self.set_ready()
             elif op == "error":
                 self.fail(f"error {item}")
@@ -188,18 +202,18 @@ class NatsClient(Client):
             if eol < 0:
                 break
             if buf.startswith(b"MSG ", pos):
-                parts = buf[pos + 4 : eol].split(b" ")
-                size = int(parts[-1])
+                last_space = buf.rfind(b" ", pos, eol)
+                size = int(buf[last_space + 1 : eol])
                 start = eol + 2
                 if start + size + 2 > end:
                     break  # the payload is in a later frame
-                payload = buf[start : start + size]
-                if len(parts) == 4:  # MSG subject sid reply size: a request
-                    reply = parts[2]
+                if buf.count(b" ", pos, eol) == 4:  # MSG subject sid reply size: a request
+                    payload = buf[start : start + size]
+                    reply = buf[pos + 4 : eol].split(b" ")[2]
                     self.send_binary(b"PUB %s %d\r\n%s\r\n" % (reply, len(payload), payload))
                     STATS.replies += 1
                 else:
-                    STATS.latencies.append(now - int(payload[:TS_DIGITS]))
+                    STATS.latencies.append(now - int(buf[start : start + TS_DIGITS]))
                     got = True
                 pos = start + size + 2
                 continue

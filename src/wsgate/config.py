@@ -56,6 +56,8 @@ class ServerConfig:
     """Seconds a graceful shutdown waits for clients to take their close frames."""
     pack_messages: bool = True
     """Pack messages queued in the same event-loop tick into one frame (an array)."""
+    flush_interval: float = 0.005
+    """Seconds: under a stream of publications, each connection is written at most this often."""
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     """Keys of the HTTP control API (``/api/``); it is off while there are none."""
     api_port: int = 8766
@@ -296,6 +298,10 @@ def _validate(config: Config) -> None:
     for name, (value, minimum) in positive.items():
         if value < minimum:
             raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    if not 0 <= config.server.flush_interval <= 1:
+        raise ConfigError(
+            f"flush_interval must be between 0 and 1 second, got {config.server.flush_interval}"
+        )
     if config.server.port > 65535:
         raise ConfigError("port must be at most 65535")
     for name, seconds in (

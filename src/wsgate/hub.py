@@ -55,6 +55,14 @@ class ClientConnection(Protocol):
         """
         ...
 
+    def deliver_fanout(self, payload: bytes) -> None:
+        """Like :meth:`deliver`, for a publication or broadcast going to many connections.
+
+        The server may hold it for up to ``flush_interval`` while connections are
+        being flushed often, so that one write carries several messages.
+        """
+        ...
+
     def close(self, code: int, reason: str = "") -> None:
         """Start a close handshake with ``code``; idempotent."""
         ...

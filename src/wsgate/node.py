@@ -416,7 +416,7 @@ class Node:
             except TypeError:
                 self.metrics.encode_errors += 1
                 continue
-            conn.deliver(frame)
+            conn.deliver_fanout(frame)
             delivered += 1
         self.metrics.messages_delivered += delivered
         self._queued_since_yield += delivered
@@ -424,8 +424,16 @@ class Node:
     def on_broadcast(self, payload: Any) -> None:
         """Send a broadcast to every connection of this node (called by the broker)."""
         encoded = Encoded(Push(*payload_fields(payload)))
+        delivered = 0
         for conn in self.hub:
-            self._deliver(conn, encoded)
+            try:
+                frame = encoded.frame(conn.codec)
+            except TypeError:
+                self.metrics.encode_errors += 1
+                continue
+            conn.deliver_fanout(frame)
+            delivered += 1
+        self.metrics.messages_delivered += delivered
 
     # -- connections (called by the server layer) -------------------------------------
 

@@ -54,7 +54,8 @@ async def test_packing_can_be_turned_off(gateway, mint):
         assert decode_frame(frame, msgpack=False) == [{"op": "msg", "topic": "t", "data": n}]
 
 
-async def test_a_long_burst_of_publications_is_written_while_it_goes_on(gw, mint):
+async def test_a_long_burst_of_publications_is_written_while_it_goes_on(gateway, mint):
+    gw = await gateway(flush_interval=0)  # the yield alone, without the coalescing timer
     client = await gw.connect(mint(user="u", subscribe=["t"], channels=["t"]))
     frames_before = gw.node.metrics.frames_written
     written_during_burst = False

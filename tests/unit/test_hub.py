@@ -29,6 +29,8 @@ class FakeConnection:
     def deliver(self, payload: bytes) -> None:
         self.sent.append(payload)
 
+    deliver_fanout = deliver
+
     def close(self, code: int, reason: str = "") -> None:
         self.closed = code
 

@@ -242,6 +242,9 @@ class AsgiConnection:
         else:
             self._wake.set()
 
+    # The ASGI server owns the writes; fan-out has no flush of its own to coalesce.
+    deliver_fanout = deliver
+
     def _frames(self, pending: list[bytes]) -> list[bytes]:
         """The frames that carry ``pending``: packed arrays when packing is on."""
         if len(pending) == 1 or not self._pack:

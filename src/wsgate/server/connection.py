@@ -63,25 +63,60 @@ def _frame_header(first: int, size: int) -> bytes:
 
 
 class Flusher:
-    """Writes every dirty connection's queue once per event-loop tick."""
+    """Writes dirty connections' queues: direct traffic at the end of this tick,
+    fan-out at most once per ``interval`` while flushes come close together.
 
-    __slots__ = ("_dirty", "_loop", "_scheduled")
+    A fan-out message arriving after a quiet spell goes out at the end of its
+    tick like any other; under a steady stream of publications (more than one
+    per ``interval``) each connection is written at most once per ``interval``,
+    so one system call carries several messages instead of one each. Direct
+    traffic (sends, requests, replies, acks) never waits: it flushes everything
+    queued on every dirty connection at the end of its tick.
+    """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    __slots__ = ("_dirty", "_interval", "_last", "_loop", "_scheduled", "_timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float = 0.0) -> None:
         self._loop = loop
+        self._interval = interval
         self._dirty: list[Connection] = []
         self._scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._last = -interval
 
     def mark(self, conn: Connection) -> None:
         """Flush ``conn`` at the end of this tick."""
         self._dirty.append(conn)
+        self.soon()
+
+    def soon(self) -> None:
+        """Flush every dirty connection at the end of this tick."""
         if not self._scheduled:
             self._scheduled = True
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             self._loop.call_soon(self.flush)
+
+    def mark_fanout(self, conn: Connection) -> None:
+        """Flush ``conn`` at the end of this tick, or ``interval`` after the last flush."""
+        self._dirty.append(conn)
+        if self._scheduled or self._timer is not None:
+            return
+        wait = self._last + self._interval - self._loop.time()
+        if wait <= 0:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+        else:
+            self._timer = self._loop.call_later(wait, self.flush)
 
     def flush(self) -> None:
         """Write out every dirty connection (normally called by the loop)."""
         self._scheduled = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._last = self._loop.time()
         dirty, self._dirty = self._dirty, []
         for conn in dirty:
             try:
@@ -353,6 +388,21 @@ class Connection(WSListener):
         elif not self._dirty:
             self._dirty = True
             self.server.flusher.mark(self)
+        else:
+            self.server.flusher.soon()  # queued fan-out may be waiting: no longer
+
+    def deliver_fanout(self, payload: bytes) -> None:
+        """Queue one message of a fan-out; the flusher may coalesce it (never blocks)."""
+        if self.closing:
+            self.node.metrics.dropped_closed += 1
+            return
+        self._pending.append(payload)
+        self._pending_bytes += len(payload)
+        if self._pending_bytes > self._max_queue:
+            self._slow_consumer()
+        elif not self._dirty:
+            self._dirty = True
+            self.server.flusher.mark_fanout(self)
 
     def flush(self) -> None:
         """Write the queue with one call (called by the flusher)."""

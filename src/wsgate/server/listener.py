@@ -135,7 +135,7 @@ class Server:
     async def start(self) -> None:
         """Start the node and listen; on return, ``port`` is the bound port."""
         loop = asyncio.get_running_loop()
-        self._flusher = Flusher(loop)
+        self._flusher = Flusher(loop, self.node.config.server.flush_interval)
         await self.node.start()
         cfg = self.node.config
         self._server = await ws_create_server(
