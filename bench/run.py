@@ -314,6 +314,10 @@ async def open_clients(
 # --------------------------------------------------------------------------- workloads
 
 
+FLUSH_INTERVAL: float | None = None
+"""--flush-interval: wsgate's server.flush_interval in the fan-out workloads, or its default."""
+
+
 async def fanout_servers(
     st: Stage, peer: str, nodes: int, pack: bool = True
 ) -> tuple[list[str], Proc]:
@@ -323,6 +327,8 @@ async def fanout_servers(
         publisher = await st.helper("nats_pub.py", ["--port", str(servers[0].client_port)])
         return [s.url for s in servers], publisher
     extra: list[str] = [] if peer != "wsgate" else (["--pack"] if pack else ["--no-pack"])
+    if peer == "wsgate" and FLUSH_INTERVAL is not None:
+        extra += ["--flush-interval", str(FLUSH_INTERVAL)]
     if nodes > 1:
         redis = await st.redis()
         servers = [
@@ -973,6 +979,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--from-json", type=Path, help="measure nothing: print and document a --json file"
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep the children's logs")
+    parser.add_argument(
+        "--flush-interval",
+        type=float,
+        default=None,
+        help="wsgate's server.flush_interval in the fan-out workloads (default: wsgate's own)",
+    )
     args = parser.parse_args(argv)
     args.argv = argv
     if args.quick:
@@ -982,6 +994,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    global FLUSH_INTERVAL  # noqa: PLW0603 - one setting for every server this run starts
+    FLUSH_INTERVAL = args.flush_interval
     for tool in ("taskset", "redis-server", "nats-server"):
         if shutil.which(tool) is None:
             print(f"warning: {tool} not found; workloads needing it will fail", file=sys.stderr)

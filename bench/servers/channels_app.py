@@ -85,6 +85,7 @@ import sys
 import time
 import warnings
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -93,6 +94,10 @@ from channels.layers import get_channel_layer
 from channels_site.asgi import build_application
 from channels_site.consumers import group_of
 from channels_site.settings import LAYERS, configure_django
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import publish_loop
 
 log = logging.getLogger("channels_app")
 
@@ -125,14 +130,11 @@ async def publish(topic: str, count: int, size: int, rate: float) -> dict[str, A
     """group_send count payloads to the topic's group, at rate per second (0: back to back)."""
     group_send = get_channel_layer().group_send
     group = group_of(topic)
-    start = time.monotonic()
-    for i in range(count):
-        if rate > 0:
-            delay = start + i / rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        await group_send(group, {"type": "bench.msg", "text": make_payload(size)})
-    return {"published": count, "seconds": time.monotonic() - start}
+
+    def one(payload: str) -> Awaitable[Any]:
+        return group_send(group, {"type": "bench.msg", "text": payload})
+
+    return await publish_loop(one, count, size, rate)
 
 
 async def handle(cmd: dict[str, Any]) -> dict[str, Any] | None:

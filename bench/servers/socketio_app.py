@@ -63,11 +63,16 @@ import sys
 import time
 import warnings
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import socketio
 import uvicorn
 import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import publish_loop
 
 log = logging.getLogger("socketio_app")
 
@@ -153,14 +158,11 @@ class Peer:
 
     async def publish(self, topic: str, count: int, size: int, rate: float) -> dict[str, Any]:
         emit = self.sio.emit
-        start = time.monotonic()
-        for i in range(count):
-            if rate > 0:
-                delay = start + i / rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            await emit("m", make_payload(size), room=topic)
-        return {"published": count, "seconds": time.monotonic() - start}
+
+        def one(payload: str) -> Awaitable[Any]:
+            return emit("m", payload, room=topic)
+
+        return await publish_loop(one, count, size, rate)
 
     async def requests(
         self, count: int, inflight: int, seconds: float, size: int

@@ -51,6 +51,8 @@ def bench_config(args: argparse.Namespace) -> wsgate.Config:
     }
     if args.redis:
         overrides["broker"] = args.redis
+    if args.flush_interval is not None:
+        overrides["flush_interval"] = args.flush_interval
     return wsgate.load_config(env={}, overrides=overrides)
 
 
@@ -81,6 +83,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--node", type=int, default=0)
     parser.add_argument("--pack", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--max-connections", type=int, default=20_000)
+    parser.add_argument(
+        "--flush-interval",
+        type=float,
+        default=None,
+        help="server.flush_interval (default: wsgate's)",
+    )
     return parser.parse_args()
 
 
