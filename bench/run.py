@@ -837,6 +837,69 @@ def sizes_text(sizes: Sizes) -> list[str]:
     ]
 
 
+# (workload prefix, peer, figure suffix, what, test on the wsgate medians, target text)
+TARGETS: list[tuple[str, str, str, str, Callable[[dict[str, float]], bool], str]] = [
+    ("W1", "wsgate", "deliveries/s", "packed", lambda m: m["value"] >= 1_200_000, ">= 1,200,000/s"),
+    (
+        "W1",
+        "wsgate unpacked",
+        "deliveries/s",
+        "one message per frame",
+        lambda m: m["value"] >= 550_000,
+        ">= 550,000/s",
+    ),
+    ("W1", "wsgate", "deliveries/s", "lost", lambda m: m["lost"] == 0, "0 lost"),
+    ("W2", "wsgate", "deliveries/s", "packed", lambda m: m["value"] >= 1_000_000, ">= 1,000,000/s"),
+    ("W3", "wsgate", "requests/s", "through Redis", lambda m: m["value"] >= 75_000, ">= 75,000/s"),
+    ("W3", "wsgate", "requests/s", "p99", lambda m: m["p99_ms"] <= 5, "p99 <= 5 ms"),
+    ("W4 5", "wsgate", "RSS KiB/conn", "memory", lambda m: m["value"] <= 12, "<= 12 KiB"),
+    ("W4 5", "wsgate", "setups/s", "setup rate", lambda m: m["value"] >= 7_000, ">= 7,000/s"),
+    ("W5", "wsgate", "20 msg/s", "p99 at 20k/s", lambda m: m["p99_ms"] <= 5, "p99 <= 5 ms"),
+    ("W5", "wsgate", "300 msg/s", "p99 at 300k/s", lambda m: m["p99_ms"] <= 15, "p99 <= 15 ms"),
+    ("W5", "wsgate", "300 msg/s", "CPU at 300k/s", lambda m: m["cpu_pct"] <= 60, "CPU <= 60%"),
+]
+
+
+def targets_text(rows: list[Row]) -> list[str]:
+    """The issue's targets beside wsgate's medians: met or missed."""
+    lines = ["| workload | target | wsgate (median) | met |", "|---|---|---|---|"]
+    for prefix, peer, figure, what, test, target in TARGETS:
+        row = next(
+            (
+                r
+                for r in rows
+                if r.workload.startswith(prefix) and r.peer == peer and figure in r.figure
+            ),
+            None,
+        )
+        if row is None or not row.runs:
+            continue
+        runs = row.runs
+
+        def med(values: list[float | None]) -> float:
+            real = [v for v in values if v is not None]
+            return statistics.median(real) if real else float("nan")
+
+        m = {
+            "value": med([x.value for x in runs]),
+            "lost": med([x.lost for x in runs]),
+            "p99_ms": med([x.p99_us for x in runs]) / 1000,
+            "cpu_pct": med([x.server_cpu_pct for x in runs]),
+        }
+        shown = {
+            "lost": f"{m['lost']:.0f} lost",
+            "p99": f"p99 {m['p99_ms']:.1f} ms",
+            "CPU": f"{m['cpu_pct']:.0f}% of a core",
+        }
+        key = next((k for k in shown if what.startswith(k) or k in what), None)
+        number = f"{m['value']:,.0f}" if m["value"] >= 100 else f"{m['value']:.1f}"
+        value = shown[key] if key else number
+        lines.append(
+            f"| {row.workload} ({what}) | {target} | {value} | {'yes' if test(m) else 'no'} |"
+        )
+    return lines
+
+
 def runs_text(rows: list[Row]) -> str:
     """How many runs each peer's figures have, e.g. "3 runs per figure (peers: 1)"."""
     by_peer = {r.peer.split()[0]: max(len(x.runs) for x in rows if x.peer == r.peer) for r in rows}
@@ -901,6 +964,13 @@ def write_docs(
         "answered requests); **gen core %** how busy the generator's core was; at "
         f">= {GENERATOR_LIMIT_PCT:.0f}% the row says *limited by generator*: the figure is a "
         "lower bound for the server.",
+        "",
+        "## Targets",
+        "",
+        "The performance goals wsgate set itself on this machine, beside its medians. "
+        "A throughput missed while the generator was the limit is a lower bound.",
+        "",
+        *targets_text(rows),
         "",
         "## Bench configuration of wsgate",
         "",
