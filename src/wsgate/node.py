@@ -19,7 +19,7 @@ import functools
 import itertools
 import logging
 import secrets
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from wsgate import topics
@@ -409,10 +409,18 @@ class Node:
 
     def on_publication(self, publication: Publication) -> None:
         """Fan a publication out to this node's subscribers (called by the broker)."""
+        self._fan_out(self.hub.subscribers(publication.topic), publication)
+
+    def on_broadcast(self, payload: Any) -> None:
+        """Send a broadcast to every connection of this node (called by the broker)."""
+        self._fan_out(self.hub, Encoded(Push(*payload_fields(payload))))
+
+    def _fan_out(self, conns: Iterable[ClientConnection], message: Publication | Encoded) -> None:
+        """Queue one message, encoded once per codec, on many connections."""
         delivered = 0
-        for conn in self.hub.subscribers(publication.topic):
+        for conn in conns:
             try:
-                frame = publication.frame(conn.codec)
+                frame = message.frame(conn.codec)
             except TypeError:
                 self.metrics.encode_errors += 1
                 continue
@@ -420,20 +428,6 @@ class Node:
             delivered += 1
         self.metrics.messages_delivered += delivered
         self._queued_since_yield += delivered
-
-    def on_broadcast(self, payload: Any) -> None:
-        """Send a broadcast to every connection of this node (called by the broker)."""
-        encoded = Encoded(Push(*payload_fields(payload)))
-        delivered = 0
-        for conn in self.hub:
-            try:
-                frame = encoded.frame(conn.codec)
-            except TypeError:
-                self.metrics.encode_errors += 1
-                continue
-            conn.deliver_fanout(frame)
-            delivered += 1
-        self.metrics.messages_delivered += delivered
 
     # -- connections (called by the server layer) -------------------------------------
 

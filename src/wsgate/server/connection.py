@@ -393,6 +393,8 @@ class Connection(WSListener):
 
     def deliver_fanout(self, payload: bytes) -> None:
         """Queue one message of a fan-out; the flusher may coalesce it (never blocks)."""
+        # The queueing lines repeat deliver()'s on purpose: this runs once per
+        # delivery of every publication, where a shared helper's call would show.
         if self.closing:
             self.node.metrics.dropped_closed += 1
             return
