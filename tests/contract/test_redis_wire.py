@@ -63,6 +63,7 @@ async def test_credentials_from_the_url_and_a_wrong_password(redis_server: Redis
         good = RedisTarget.from_url(
             f"redis://wire-user:s3cret@127.0.0.1:{redis_server.port}/0", scaled(2)
         )
+        assert "s3cret" not in repr(good) and "wire-user" not in repr(good)
         conn = CommandConnection(good, "t-auth", command_timeout=scaled(2))
         assert await conn.publish(b"wire.nobody", b"x") == 0
         await conn.aclose()

@@ -31,7 +31,7 @@ import collections
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
 import hiredis
@@ -53,8 +53,8 @@ class RedisTarget:
     host: str = "localhost"
     port: int = 6379
     path: str | None = None
-    username: str | None = None
-    password: str | None = None
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)  # never in a log line
     tls: bool = False
     verify: bool = True
     connect_timeout: float = 2.0
