@@ -61,9 +61,9 @@ __all__ = [
 log = logging.getLogger("wsgate.cluster")
 
 _PRESENCE_WAIT = 2.0
+"""Seconds a cluster-wide presence query waits for the other nodes' answers."""
 _LOCATED_MAX = 100_000
 """Connection locations a router remembers for requests before starting over."""
-"""Seconds a cluster-wide presence query waits for the other nodes' answers."""
 
 
 class _Envelope(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="k"):
