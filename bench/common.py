@@ -14,12 +14,15 @@ import json
 import os
 import resource
 import signal
+import stat
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import uvicorn
 
 BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
@@ -60,7 +63,9 @@ __all__ = [
     "raise_nofile",
     "read_cpu_jiffies",
     "requests_loop",
+    "serve_asgi",
     "serve_commands",
+    "stdin_lines",
     "stdin_reader",
     "wait_for_quiet",
 ]
@@ -99,14 +104,31 @@ def answer(message: dict[str, Any]) -> None:
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
+async def stdin_lines() -> Callable[[], Awaitable[bytes]]:
+    """A coroutine function returning the next stdin line (b"" at end of input).
+
+    A pipe or socket (as the orchestrator opens) is read by the event loop itself; any
+    other stdin (a file, /dev/null, a terminal) by a worker thread.
+    """
+    mode = os.fstat(sys.stdin.fileno()).st_mode
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        return (await stdin_reader()).readline
+    loop = asyncio.get_running_loop()
+
+    async def readline() -> bytes:
+        return await loop.run_in_executor(None, sys.stdin.buffer.readline)
+
+    return readline
+
+
 async def serve_commands(handlers: dict[str, Handler]) -> None:
     """Print ``{"ready": true}``, then answer one JSON command per stdin line until quit/EOF.
 
     ``rss`` is answered here; a command without a handler gets ``{"error": ...}``.
     """
     answer({"ready": True})
-    reader = await stdin_reader()
-    async for raw in reader:
+    readline = await stdin_lines()
+    while raw := await readline():
         line = raw.strip()
         if not line:
             continue
@@ -125,6 +147,53 @@ async def serve_commands(handlers: dict[str, Handler]) -> None:
             answer(await handler(command))
         except Exception as exc:  # report and keep serving: the orchestrator decides
             answer({"error": f"{type(exc).__name__}: {exc}"})
+
+
+async def serve_asgi(
+    app: Any,
+    port: int,
+    handlers: dict[str, Handler],
+    on_started: Callable[[], None] | None = None,
+) -> int:
+    """Serve an ASGI peer with uvicorn on ``port`` and answer commands until quit or EOF.
+
+    uvicorn as an experienced user would set it for this: uvloop, the legacy
+    ``websockets`` implementation, no per-message deflate, no uvicorn pings (the peer
+    has its own heartbeat), no lifespan, no access log, backlog 4096.
+
+    Returns:
+        0, or 1 when uvicorn could not start.
+    """
+    config = uvicorn.Config(
+        app,
+        host=HOST,
+        port=port,
+        loop="uvloop",
+        ws="websockets",
+        ws_per_message_deflate=False,
+        ws_ping_interval=None,
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        backlog=4096,
+        timeout_graceful_shutdown=3,
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        if serving.done():
+            serving.result()  # raises why uvicorn could not start
+            return 1
+        await asyncio.sleep(0.01)
+    if on_started is not None:
+        on_started()
+    await serve_commands(handlers)
+    server.should_exit = True
+    try:
+        await asyncio.wait_for(serving, 10)
+    except (TimeoutError, asyncio.CancelledError):
+        print("uvicorn did not stop in time", file=sys.stderr)
+    return 0
 
 
 PUBLISH_WINDOW = 64

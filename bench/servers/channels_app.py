@@ -63,7 +63,8 @@ number of connections. With 1,000 subscribers on one node that scan took half th
 process's CPU and the node delivered about 1,000 messages/s (200 subscribers: 4,500/s), so
 1,000 subscribers x 1,000 messages take on the order of 15 minutes in-memory.
 
-uvicorn runs in the same process with the same settings as the Socket.IO peer:
+uvicorn runs in the same process with the same settings as the Socket.IO peer
+(``common.serve_asgi``):
 ``loop="uvloop"``, ``ws="websockets"``, ``access_log=False``, ``log_level="warning"``,
 ``lifespan="off"``, ``ws_per_message_deflate=False`` (no per-frame compression of small
 payloads), ``ws_ping_interval=None`` (WebSocket-level keepalive pings are not needed on
@@ -76,19 +77,14 @@ padded with ``x`` to the requested size (never shorter than the 19 digits).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import logging
 import os
-import stat
 import sys
-import time
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 import uvloop
 from channels.layers import get_channel_layer
 from channels_site.asgi import build_application
@@ -97,33 +93,11 @@ from channels_site.settings import LAYERS, configure_django
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import publish_loop
-
-log = logging.getLogger("channels_app")
+from common import publish_loop, serve_asgi
 
 # uvicorn warns that ws="websockets" (the legacy websockets protocol) will later mean the
 # sans-I/O one; the legacy implementation is the one asked for, keep stderr quiet.
 warnings.filterwarnings("ignore", message=".*websockets.* implementation is deprecated")
-
-
-def make_payload(size: int) -> str:
-    """The publication payload: a 19-digit monotonic timestamp padded with x to size."""
-    return f"{time.monotonic_ns():019d}".ljust(size, "x")
-
-
-def read_rss_kib() -> int:
-    """VmRSS of this process in KiB, from /proc/self/status."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def write_line(obj: dict[str, Any]) -> None:
-    """One JSON line on stdout, flushed."""
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
 
 
 async def publish(topic: str, count: int, size: int, rate: float) -> dict[str, Any]:
@@ -137,87 +111,19 @@ async def publish(topic: str, count: int, size: int, rate: float) -> dict[str, A
     return await publish_loop(one, count, size, rate)
 
 
-async def handle(cmd: dict[str, Any]) -> dict[str, Any] | None:
-    """Run one command; None means quit."""
-    name = cmd.get("cmd")
-    if name == "publish":
-        return await publish(
-            str(cmd["topic"]), int(cmd["count"]), int(cmd["size"]), float(cmd.get("rate", 0))
-        )
-    if name == "requests":
-        return {"error": "unsupported"}
-    if name == "rss":
-        return {"rss_kib": read_rss_kib()}
-    if name == "quit":
-        return None
-    return {"error": f"unknown command {name!r}"}
+async def publish_command(cmd: dict[str, Any]) -> dict[str, Any]:
+    return await publish(
+        str(cmd["topic"]), int(cmd["count"]), int(cmd["size"]), float(cmd.get("rate", 0))
+    )
 
 
-async def stdin_lines() -> Callable[[], Awaitable[bytes]]:
-    """A coroutine function returning the next stdin line (b"" at end of input).
-
-    A pipe or socket (as the orchestrator opens) is read by the event loop itself; any
-    other stdin (a file, /dev/null, a terminal) by a worker thread.
-    """
-    loop = asyncio.get_running_loop()
-    mode = os.fstat(sys.stdin.fileno()).st_mode
-    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
-        reader = asyncio.StreamReader(limit=1 << 20)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        return reader.readline
-
-    async def readline() -> bytes:
-        return await loop.run_in_executor(None, sys.stdin.buffer.readline)
-
-    return readline
+async def unsupported(cmd: dict[str, Any]) -> dict[str, Any]:
+    return {"error": "unsupported"}  # Channels has no request/response
 
 
 async def serve(args: argparse.Namespace) -> int:
-    config = uvicorn.Config(
-        build_application(stock_dispatch=args.stock_dispatch),
-        host="127.0.0.1",
-        port=args.port,
-        loop="uvloop",
-        ws="websockets",
-        ws_per_message_deflate=False,
-        ws_ping_interval=None,
-        lifespan="off",
-        access_log=False,
-        log_level="warning",
-        backlog=4096,
-        timeout_graceful_shutdown=3,
-    )
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        if serving.done():
-            serving.result()  # raises why uvicorn could not start
-            return 1
-        await asyncio.sleep(0.01)
-    write_line({"ready": True})
-
-    readline = await stdin_lines()
-    while True:
-        line = await readline()
-        if not line:
-            break  # stdin closed: the orchestrator went away
-        if not line.strip():
-            continue
-        try:
-            answer = await handle(json.loads(line))
-        except Exception as exc:
-            log.exception("command failed: %r", line)
-            answer = {"error": f"{type(exc).__name__}: {exc}"}
-        if answer is None:
-            break
-        write_line(answer)
-
-    server.should_exit = True
-    try:
-        await asyncio.wait_for(serving, 10)
-    except (TimeoutError, asyncio.CancelledError):
-        log.warning("uvicorn did not stop in time")
-    return 0
+    app = build_application(stock_dispatch=args.stock_dispatch)
+    return await serve_asgi(app, args.port, {"publish": publish_command, "requests": unsupported})
 
 
 def main() -> int:

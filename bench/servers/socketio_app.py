@@ -33,7 +33,7 @@ Settings, chosen as an experienced user would for a benchmark:
   message on the ``socketio`` Redis channel; the other nodes deliver it to theirs.
   ``redis_options={"max_connections": 10_000}`` (see ``REDIS_POOL``): redis-py 8's default
   pool of 100 connections overflows with 100 concurrent ``call``s.
-- uvicorn in the same process: ``loop="uvloop"``, ``ws="websockets"``,
+- uvicorn in the same process (``common.serve_asgi``): ``loop="uvloop"``, ``ws="websockets"``,
   ``access_log=False``, ``log_level="warning"``, ``lifespan="off"`` (no startup hooks),
   ``ws_per_message_deflate=False`` (no per-frame compression: the payloads are small and
   compressing each copy of a fan-out costs CPU the benchmark would measure as the peer's),
@@ -53,26 +53,20 @@ padded with ``x`` to the requested size (never shorter than the 19 digits).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import itertools
-import json
 import logging
 import os
-import stat
 import sys
-import time
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 import socketio
-import uvicorn
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import publish_loop
+from common import publish_loop, requests_loop, serve_asgi
 
 log = logging.getLogger("socketio_app")
 
@@ -85,34 +79,6 @@ REDIS_POOL = 10_000
 # uvicorn 0.3x+ warns that ws="websockets" (the legacy websockets protocol) will later mean
 # the sans-I/O one; the legacy implementation is the one asked for, keep stderr quiet.
 warnings.filterwarnings("ignore", message=".*websockets.* implementation is deprecated")
-
-
-def make_payload(size: int) -> str:
-    """The publication payload: a 19-digit monotonic timestamp padded with x to size."""
-    return f"{time.monotonic_ns():019d}".ljust(size, "x")
-
-
-def read_rss_kib() -> int:
-    """VmRSS of this process in KiB, from /proc/self/status."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def write_line(obj: dict[str, Any]) -> None:
-    """One JSON line on stdout, flushed."""
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-
-def percentile(sorted_values: list[int], q: float) -> int:
-    """Nearest-rank percentile of an ascending list (0 when empty)."""
-    if not sorted_values:
-        return 0
-    index = min(len(sorted_values) - 1, max(0, int(q * len(sorted_values) + 0.5) - 1))
-    return sorted_values[index]
 
 
 class Peer:
@@ -164,88 +130,32 @@ class Peer:
 
         return await publish_loop(one, count, size, rate)
 
-    async def requests(
-        self, count: int, inflight: int, seconds: float, size: int
-    ) -> dict[str, Any]:
+    async def requests(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """W3 in-process: ``sio.call`` to the devices, which must echo the payload."""
+        count = int(cmd["count"])
         sids = list(self.devices.values())[:count]
         if not sids:
             return {"error": "no devices connected"}
         if len(sids) < count:
             log.warning("requests: %d devices asked for, %d connected", count, len(sids))
-        latencies: list[int] = []
-        ok = 0
-        errors = 0
-        turn = itertools.count()
         call = self.sio.call
-        start = time.monotonic()
-        deadline = start + seconds
 
-        async def worker() -> None:
-            nonlocal ok, errors
-            while time.monotonic() < deadline:
-                sid = sids[next(turn) % len(sids)]
-                payload = make_payload(size)
-                t0 = time.perf_counter_ns()
-                try:
-                    answer = await call("req", payload, to=sid, timeout=5)
-                except Exception:  # socketio.exceptions.TimeoutError, a closed socket...
-                    errors += 1
-                    continue
-                elapsed = time.perf_counter_ns() - t0
-                if answer == payload:
-                    ok += 1
-                    latencies.append(elapsed // 1000)
-                else:
-                    errors += 1
+        async def one(sid: str, payload: str) -> None:
+            if await call("req", payload, to=sid, timeout=5) != payload:
+                raise ValueError("the device did not echo the request")
 
-        await asyncio.gather(*(worker() for _ in range(max(1, inflight))))
-        latencies.sort()
-        return {
-            "ok": ok,
-            "errors": errors,
-            "seconds": time.monotonic() - start,
-            "p50_us": percentile(latencies, 0.50),
-            "p99_us": percentile(latencies, 0.99),
-        }
+        return await requests_loop(
+            one,
+            sids,
+            max(1, int(cmd.get("inflight", 1))),
+            float(cmd["seconds"]),
+            int(cmd.get("size", 100)),
+        )
 
-    async def handle(self, cmd: dict[str, Any]) -> dict[str, Any] | None:
-        """Run one command; None means quit."""
-        name = cmd.get("cmd")
-        if name == "publish":
-            return await self.publish(
-                str(cmd["topic"]), int(cmd["count"]), int(cmd["size"]), float(cmd.get("rate", 0))
-            )
-        if name == "requests":
-            return await self.requests(
-                int(cmd["count"]),
-                int(cmd.get("inflight", 1)),
-                float(cmd["seconds"]),
-                int(cmd.get("size", 100)),
-            )
-        if name == "rss":
-            return {"rss_kib": read_rss_kib()}
-        if name == "quit":
-            return None
-        return {"error": f"unknown command {name!r}"}
-
-
-async def stdin_lines() -> Callable[[], Awaitable[bytes]]:
-    """A coroutine function returning the next stdin line (b"" at end of input).
-
-    A pipe or socket (as the orchestrator opens) is read by the event loop itself; any
-    other stdin (a file, /dev/null, a terminal) by a worker thread.
-    """
-    loop = asyncio.get_running_loop()
-    mode = os.fstat(sys.stdin.fileno()).st_mode
-    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
-        reader = asyncio.StreamReader(limit=1 << 20)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        return reader.readline
-
-    async def readline() -> bytes:
-        return await loop.run_in_executor(None, sys.stdin.buffer.readline)
-
-    return readline
+    async def publish_command(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        return await self.publish(
+            str(cmd["topic"]), int(cmd["count"]), int(cmd["size"]), float(cmd.get("rate", 0))
+        )
 
 
 async def main() -> int:
@@ -261,56 +171,17 @@ async def main() -> int:
     )
 
     peer = Peer(args.redis)
-    config = uvicorn.Config(
-        peer.app,
-        host="127.0.0.1",
-        port=args.port,
-        loop="uvloop",
-        ws="websockets",
-        ws_per_message_deflate=False,
-        ws_ping_interval=None,
-        lifespan="off",
-        access_log=False,
-        log_level="warning",
-        backlog=4096,
-        timeout_graceful_shutdown=3,
-    )
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        if serving.done():
-            serving.result()  # raises why uvicorn could not start
-            return 1
-        await asyncio.sleep(0.01)
-    if args.redis:
-        # Start the Redis listener now rather than on the first emit, so a node that only
-        # receives (W2 subscribers on the second node) is subscribed before publishing.
-        peer.sio.manager_initialized = True
-        peer.sio.manager.initialize()
-    write_line({"ready": True})
 
-    readline = await stdin_lines()
-    while True:
-        line = await readline()
-        if not line:
-            break  # stdin closed: the orchestrator went away
-        if not line.strip():
-            continue
-        try:
-            answer = await peer.handle(json.loads(line))
-        except Exception as exc:
-            log.exception("command failed: %r", line)
-            answer = {"error": f"{type(exc).__name__}: {exc}"}
-        if answer is None:
-            break
-        write_line(answer)
+    def start_listener() -> None:
+        if args.redis:
+            # Start the Redis listener now rather than on the first emit, so a node that
+            # only receives (W2 subscribers on the second node) is subscribed before
+            # publishing.
+            peer.sio.manager_initialized = True
+            peer.sio.manager.initialize()
 
-    server.should_exit = True
-    try:
-        await asyncio.wait_for(serving, 10)
-    except (TimeoutError, asyncio.CancelledError):
-        log.warning("uvicorn did not stop in time")
-    return 0
+    handlers = {"publish": peer.publish_command, "requests": peer.requests}
+    return await serve_asgi(peer.app, args.port, handlers, start_listener)
 
 
 if __name__ == "__main__":
