@@ -384,12 +384,9 @@ async def publish_and_drain(
         p50_us=drained["p50_us"],
         p99_us=drained["p99_us"],
         max_us=drained["max_us"],
-        server_cpu_s=cpu["server_cpu_s"],
-        server_cpu_pct=cpu["server_cpu_pct"],
-        gen_core_pct=cpu["gen_core_pct"],
         deliveries=received,
         incomplete=not drained["complete"],
-        noisy=bool(cpu["noisy"]),
+        **cpu_fields(cpu),
         extra=notes | cpu | {"frames": drained["frames"], "wall_s": wall},
     )
 
@@ -453,11 +450,8 @@ async def w3(logdir: Path, peer: str, sizes: Sizes) -> dict[str, Measure]:
                 errors=result["errors"],
                 p50_us=result["p50_us"],
                 p99_us=result["p99_us"],
-                server_cpu_s=cpu["server_cpu_s"],
-                server_cpu_pct=cpu["server_cpu_pct"],
-                gen_core_pct=cpu["gen_core_pct"],
                 deliveries=result["ok"],
-                noisy=bool(cpu["noisy"]),
+                **cpu_fields(cpu),
                 extra=cpu | {k: v for k, v in result.items() if k == "first_error"},
             )
         }
@@ -541,6 +535,16 @@ class NotApplicable(Exception):
 
 
 # --------------------------------------------------------------------------- orchestration
+
+
+def cpu_fields(cpu: dict[str, Any]) -> dict[str, Any]:
+    """The Measure fields of a measurement window's CPU figures."""
+    return {
+        "server_cpu_s": cpu["server_cpu_s"],
+        "server_cpu_pct": cpu["server_cpu_pct"],
+        "gen_core_pct": cpu["gen_core_pct"],
+        "noisy": bool(cpu["noisy"]),
+    }
 
 
 @dataclass
