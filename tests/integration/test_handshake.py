@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import socket
 import time
 
 import jwt
@@ -217,3 +219,29 @@ async def test_wrong_path_gets_404(gw, mint):
     with pytest.raises(InvalidStatus) as info:
         await connect(gw.url.replace("/ws", "/other"), mint(user="alice"))
     assert info.value.response.status_code == 404
+
+
+def _connect_many(host: str, port: int, count: int, timeout: float) -> int:
+    """Open ``count`` TCP connections (kept open until all are made); how many succeeded."""
+    made: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            try:
+                made.append(socket.create_connection((host, port), timeout=timeout))
+            except OSError:
+                break
+        return len(made)
+    finally:
+        for sock in made:
+            sock.close()
+
+
+async def test_a_connection_storm_waits_in_the_backlog_instead_of_being_dropped(gw):
+    # While the node's loop is busy (here: blocked), the kernel completes handshakes
+    # into the listen backlog. asyncio's default of 100 would drop the SYNs beyond it
+    # (clients retry a second later); the node's backlog queues the whole storm.
+    storm = 600
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        connecting = pool.submit(_connect_many, gw.server.host, gw.server.port, storm, scaled(0.5))
+        made = connecting.result(timeout=scaled(30))  # blocks the node's loop meanwhile
+    assert made == storm
