@@ -315,9 +315,6 @@ class Node:
         conn = self.hub.get(connection_id)
         if conn is None:
             return await self.router.request(connection_id, data, timeout)
-        return await self._request_local(conn, data, timeout)
-
-    async def _request_local(self, conn: ClientConnection, data: Any, timeout: float | None) -> Any:
         return await self._start_request(conn, data, timeout)
 
     def _start_request(
